@@ -1,0 +1,42 @@
+"""tgjax: one-shot differentiable multi-task grouping (DMTG) in JAX."""
+
+from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
+from tgjax.relax import (
+    assignment_entropy,
+    grouping_loss,
+    gumbel_softmax,
+    read_groups,
+    sample_one_hot,
+    temperature_schedule,
+)
+from tgjax.tasks import Task
+from tgjax.train import (
+    SearchState,
+    init_state,
+    loss_matrix,
+    make_epoch_fn,
+    make_optimizer,
+    make_train_step,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CelebAEncoder",
+    "GroupedModel",
+    "MLP",
+    "SearchState",
+    "Task",
+    "assignment_entropy",
+    "grouping_loss",
+    "gumbel_softmax",
+    "init_state",
+    "loss_matrix",
+    "make_epoch_fn",
+    "make_optimizer",
+    "make_train_step",
+    "prune",
+    "read_groups",
+    "sample_one_hot",
+    "temperature_schedule",
+]

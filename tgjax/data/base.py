@@ -1,0 +1,170 @@
+"""The container every data set loader returns, and its checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tgjax.tasks import Task, check_tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of a multi-task data set.
+
+    Attributes:
+      x: `[examples, ...]` float32 inputs.
+      y: `[examples, tasks]` float32 labels: class index or regression value,
+        NaN where the label is missing.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiTaskData:
+    """A multi-task data set with fixed train, validation and test splits.
+
+    Attributes:
+      name: data set name.
+      tasks: the tasks, in label-column order.
+      train, val, test: the splits.
+      target_mean, target_std: `[tasks]` statistics used to standardise
+        regression targets (mean 0 and std 1 for classification tasks), so
+        that metrics can be reported in the original units.
+      description: one line on where the data comes from.
+    """
+
+    name: str
+    tasks: tuple[Task, ...]
+    train: Split
+    val: Split
+    test: Split
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
+    description: str = ""
+
+    def __post_init__(self):
+        tasks = check_tasks(self.tasks)
+        object.__setattr__(self, "tasks", tasks)
+        n = len(tasks)
+        for split_name in ("train", "val", "test"):
+            split = getattr(self, split_name)
+            if split.y.ndim != 2 or split.y.shape[1] != n:
+                raise ValueError(
+                    f"{self.name}: the {split_name} labels must have shape "
+                    f"[examples, {n}], got {split.y.shape}."
+                )
+            if split.x.shape[0] != split.y.shape[0]:
+                raise ValueError(
+                    f"{self.name}: the {split_name} split has {split.x.shape[0]} "
+                    f"inputs but {split.y.shape[0]} label rows."
+                )
+        if self.target_mean is None:
+            object.__setattr__(self, "target_mean", np.zeros(n, np.float32))
+        if self.target_std is None:
+            object.__setattr__(self, "target_std", np.ones(n, np.float32))
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def select_tasks(self, names) -> MultiTaskData:
+        """The same data restricted to the named tasks, in the given order."""
+        names = list(names)
+        unknown = [n for n in names if n not in self.task_names]
+        if unknown:
+            raise ValueError(
+                f"Unknown task name(s) {unknown} for data set {self.name!r}; "
+                f"known tasks: {self.task_names}."
+            )
+        if len(set(names)) != len(names):
+            raise ValueError(f"Task names repeat in {names}; name each task once.")
+        idx = [self.task_names.index(n) for n in names]
+
+        def pick(s: Split) -> Split:
+            return Split(s.x, s.y[:, idx])
+
+        return dataclasses.replace(
+            self,
+            tasks=tuple(self.tasks[i] for i in idx),
+            train=pick(self.train),
+            val=pick(self.val),
+            test=pick(self.test),
+            target_mean=self.target_mean[idx],
+            target_std=self.target_std[idx],
+        )
+
+
+def split_indices(
+    n: int, fractions: tuple[float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A seeded random split of `n` examples into train, validation, test.
+
+    Args:
+      n: number of examples.
+      fractions: (validation, test) fractions; train takes the rest.
+      seed: seed of the permutation, fixed per data set.
+    """
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = int(round(n * fractions[0])), int(round(n * fractions[1]))
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
+
+
+def standardize_features(train: np.ndarray, *others: np.ndarray):
+    """Standardises features with train-split statistics (constant columns kept)."""
+    mean = train.mean(axis=0, keepdims=True)
+    std = train.std(axis=0, keepdims=True)
+    std = np.where(std > 0, std, 1.0)
+    return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
+
+
+def from_arrays(
+    name: str,
+    tasks,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    fractions: tuple[float, float] = (0.2, 0.2),
+    seed: int = 0,
+    standardize: bool = True,
+    description: str = "",
+) -> MultiTaskData:
+    """Builds a :class:`MultiTaskData` from arrays with a seeded random split.
+
+    Regression targets are standardised with train-split statistics; the
+    statistics are kept so that metrics come back in the original units.
+    """
+    tasks = check_tasks(tasks)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    tr, va, te = split_indices(len(x), fractions, seed)
+    xs = (x[tr], x[va], x[te])
+    if standardize:
+        flat = [a.reshape(len(a), -1) for a in xs]
+        flat = standardize_features(*flat)
+        xs = tuple(f.reshape(a.shape) for f, a in zip(flat, xs, strict=True))
+    mean = np.zeros(len(tasks), np.float32)
+    std = np.ones(len(tasks), np.float32)
+    for i, t in enumerate(tasks):
+        if t.kind == "regression":
+            col = y[tr, i]
+            mean[i] = np.nanmean(col)
+            s = np.nanstd(col)
+            std[i] = s if s > 0 else 1.0
+    y = (y - mean) / std
+    return MultiTaskData(
+        name=name,
+        tasks=tasks,
+        train=Split(xs[0], y[tr]),
+        val=Split(xs[1], y[va]),
+        test=Split(xs[2], y[te]),
+        target_mean=mean,
+        target_std=std,
+        description=description,
+    )
