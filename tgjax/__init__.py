@@ -1,6 +1,8 @@
 """tgjax: one-shot differentiable multi-task grouping (DMTG) in JAX."""
 
+from tgjax.config import RunConfig
 from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
+from tgjax.pipeline import FitResult, fit, fit_arrays
 from tgjax.relax import (
     assignment_entropy,
     grouping_loss,
@@ -23,11 +25,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CelebAEncoder",
+    "FitResult",
     "GroupedModel",
     "MLP",
+    "RunConfig",
     "SearchState",
     "Task",
     "assignment_entropy",
+    "fit",
+    "fit_arrays",
     "grouping_loss",
     "gumbel_softmax",
     "init_state",

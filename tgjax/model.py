@@ -83,6 +83,14 @@ def _apply(module, variables, x, train, rng):
     return out, {c: v for c, v in variables.items() if c != "params"}
 
 
+def _first(tree):
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+def _expand(tree):
+    return jax.tree.map(lambda a: a[None], tree)
+
+
 def _split(variables) -> tuple[dict, dict]:
     variables = dict(variables)
     return variables.pop("params", {}), variables
@@ -181,6 +189,14 @@ class GroupedModel:
         def one_branch(p, s, r):
             return _apply(self.branch, {"params": p, **s}, h, train, r)
 
+        if n_br == 1:
+            # A single branch is a plain call, so K = 1 is exactly plain MTL.
+            f, s = one_branch(
+                _first(params["branches"]),
+                _first(state["branches"]),
+                None if br_rngs is None else br_rngs[0],
+            )
+            return f[None], {"backbone": bb_state, "branches": _expand(s)}
         feats, br_state = jax.vmap(
             one_branch, in_axes=(0, 0, 0 if br_rngs is not None else None)
         )(params["branches"], state["branches"], br_rngs)
@@ -205,7 +221,12 @@ class GroupedModel:
                 lambda p, s: _apply(self.head, {"params": p, **s}, f, False, None)[0]
             )(hp, hs)
 
-        out = jax.vmap(heads_of_group)(params["heads"], state["heads"], feats)
+        if feats.shape[0] == 1:
+            out = heads_of_group(
+                _first(params["heads"]), _first(state["heads"]), feats[0]
+            )[None]
+        else:
+            out = jax.vmap(heads_of_group)(params["heads"], state["heads"], feats)
         new_state["heads"] = state["heads"]
         return out, new_state
 

@@ -1,0 +1,150 @@
+"""End-to-end runs of the command line on real data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tgjax import cli
+from tgjax.checkpoint import load_checkpoint
+from tgjax.config import RunConfig
+from tgjax.runio import read_jsonl
+
+SMALL = ["--epochs", "2", "--finetune-epochs", "1", "--hidden", "16", "--quiet"]
+
+
+def test_train_on_yeast_writes_a_complete_run_folder(tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--groups", "3", "--out", str(out), *SMALL])
+    assert rc == 0
+    names = sorted(os.listdir(out))
+    for expected in (
+        "assignment.png",
+        "checkpoint",
+        "config.json",
+        "groups.json",
+        "metrics.jsonl",
+        "results.json",
+    ):
+        assert expected in names
+    assert not [n for n in names if n.startswith(".tmp")]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["groups"] == 3
+    assert config["run"]["tau"] == 2.5  # defaults are recorded too
+    assert len(config["data"]["tasks"]) == 14
+
+    groups = json.loads((out / "groups.json").read_text())
+    assert len(groups["tasks"]) == 14
+    assert sorted(sum(groups["groups"], [])) == sorted(groups["tasks"])
+    assert all(0 <= g < 3 for g in groups["assignment"])
+    probs = np.array(groups["probabilities"])
+    assert probs.shape == (14, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    # The groups are the argmax of the final probabilities.
+    np.testing.assert_array_equal(probs.argmax(1), groups["assignment"])
+
+    metrics = read_jsonl(out / "metrics.jsonl")
+    logged = [m for m in metrics if "step" in m]
+    assert logged and all(m["tau"] == 2.5 for m in logged)
+    assert np.array(logged[-1]["probabilities"]).shape == (14, 3)
+
+    results = json.loads((out / "results.json").read_text())
+    test = results["test"]
+    assert set(test["tasks"]) == set(groups["tasks"])
+    assert 0 < test["total_error_percent"] < 14 * 100
+    errs = [v["value"] for v in test["tasks"].values()]
+    assert abs(sum(errs) - test["total_error_percent"]) < 1e-6
+
+    with Image.open(out / "assignment.png") as img:
+        assert img.format == "PNG" and img.size[0] > 200
+
+    ckpt = load_checkpoint(out / "checkpoint")
+    np.testing.assert_allclose(
+        np.asarray(ckpt["search"]["assignment"]).argmax(1), groups["assignment"]
+    )
+
+
+@pytest.mark.parametrize("baseline,expected_groups", [("mtl", 1), ("stl", 5)])
+def test_baselines_run_through_the_same_pipeline(tmp_path, baseline, expected_groups):
+    out = tmp_path / baseline
+    rc = cli.main(
+        [
+            "train",
+            "--tasks",
+            "Class1,Class2,Class3,Class4,Class5",
+            "--baseline",
+            baseline,
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    groups = json.loads((out / "groups.json").read_text())
+    assert len(groups["groups"]) == expected_groups
+    if baseline == "stl":
+        assert groups["assignment"] == [0, 1, 2, 3, 4]
+
+
+def test_digits_dataset_runs(tmp_path):
+    rc = cli.main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--groups",
+            "2",
+            "--out",
+            str(tmp_path / "d"),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+
+
+def test_existing_run_folder_is_refused_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    rc = cli.main(["train", "--out", str(out), *SMALL])
+    assert rc == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results.json").read_text() == "{}"
+
+
+def test_bad_settings_exit_cleanly_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--groups", "0", "--out", str(out), *SMALL])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "groups must be an integer >= 1" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_unknown_config_key_names_the_closest_setting(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"learning_rte": 0.1}))
+    with pytest.raises(ValueError, match="did you mean 'learning_rate'"):
+        RunConfig.from_json(path)
+
+
+def test_help_of_every_command_explains_itself():
+    for args in (["--help"], ["train", "--help"], ["datasets", "--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tgjax", *args], capture_output=True, text=True
+        )
+        assert proc.returncode == 0
+        assert "usage: tgjax" in proc.stdout
+    assert (
+        "--baseline"
+        in subprocess.run(
+            [sys.executable, "-m", "tgjax", "train", "--help"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from tgjax.cli import main
+
+sys.exit(main())

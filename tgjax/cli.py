@@ -1,0 +1,395 @@
+"""The ``tgjax`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import shutil
+import sys
+import time
+
+DESCRIPTION = """\
+tgjax learns which tasks of a multi-task problem should share a network.
+It trains K branches with all N task heads on each, learns an N x K matrix of
+assignment logits with the Gumbel-softmax relaxation in one run, reads the
+groups off it, prunes unused heads and branches, fine-tunes and evaluates.
+"""
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--dataset",
+        default=None,
+        help="built-in data set (default: yeast); see 'tgjax datasets'",
+    )
+    data.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="your own data: .npz with 'x' and one array per task, or a CSV "
+        "with feature and task columns (see --task-columns)",
+    )
+    data.add_argument(
+        "--task-columns",
+        default=None,
+        metavar="A,B,...",
+        help="CSV columns that are tasks (default: columns named task:*)",
+    )
+    data.add_argument(
+        "--tasks",
+        default=None,
+        metavar="A,B,...",
+        help="use only these tasks, in this order",
+    )
+    data.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder of on-disk data sets (default: $TGJAX_DATA_DIR)",
+    )
+
+    run = p.add_argument_group("search and training (defaults in RunConfig)")
+    run.add_argument("--config", default=None, metavar="JSON", help="settings file")
+    run.add_argument("--groups", type=int, default=None, help="K, candidate groups (4)")
+    run.add_argument("--epochs", type=int, default=None, help="search epochs (20)")
+    run.add_argument(
+        "--finetune-epochs", type=int, default=None, help="fine-tuning epochs (15)"
+    )
+    run.add_argument("--batch-size", type=int, default=None, help="batch size (128)")
+    run.add_argument("--lr", type=float, default=None, help="learning rate (8e-4)")
+    run.add_argument(
+        "--assignment-lr", type=float, default=None, help="learning rate of S"
+    )
+    run.add_argument("--weight-decay", type=float, default=None)
+    run.add_argument(
+        "--lr-halving-epochs",
+        type=_int_list,
+        default=None,
+        metavar="E1,E2",
+        help="halve the learning rates at these epochs",
+    )
+    run.add_argument("--tau", type=float, default=None, help="temperature (2.5)")
+    run.add_argument(
+        "--tau-schedule", choices=("constant", "exponential", "cosine"), default=None
+    )
+    run.add_argument("--tau-final", type=float, default=None, help="tau at the end")
+    run.add_argument("--sample", choices=("relaxed", "straight_through"), default=None)
+    run.add_argument("--sample-scope", choices=("batch", "example"), default=None)
+    run.add_argument("--init", choices=("tied", "independent"), default=None)
+    run.add_argument("--entropy-weight", type=float, default=None)
+    run.add_argument("--branch", choices=("mlp", "celeba"), default=None)
+    run.add_argument(
+        "--hidden", type=_int_list, default=None, metavar="W1,W2", help="MLP widths"
+    )
+    run.add_argument(
+        "--baseline",
+        choices=("mtl", "stl"),
+        default=None,
+        help="run a baseline instead of the search: mtl (K=1) or stl (K=N, S=I)",
+    )
+    run.add_argument("--seed", type=int, default=None)
+    run.add_argument("--log-every", type=int, default=None, help="steps per log line")
+
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "--out", default=None, help="run folder (default: runs/<data>-<method>-<time>)"
+    )
+    out.add_argument(
+        "--overwrite", action="store_true", help="replace an existing run folder"
+    )
+    out.add_argument(
+        "--with-baselines",
+        action="store_true",
+        help="also run the MTL and STL baselines and report them side by side",
+    )
+    out.add_argument("--quiet", action="store_true", help="no progress bar")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+_FLAG_TO_SETTING = {
+    "groups": "groups",
+    "epochs": "epochs",
+    "finetune_epochs": "finetune_epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "assignment_lr": "assignment_learning_rate",
+    "weight_decay": "weight_decay",
+    "lr_halving_epochs": "lr_halving_epochs",
+    "tau": "tau",
+    "tau_schedule": "tau_schedule",
+    "tau_final": "tau_final",
+    "sample": "sample",
+    "sample_scope": "sample_scope",
+    "init": "init",
+    "entropy_weight": "entropy_weight",
+    "branch": "branch",
+    "hidden": "hidden",
+    "baseline": "baseline",
+    "seed": "seed",
+    "log_every": "log_every",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tgjax",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    train = sub.add_parser(
+        "train",
+        help="search the groups, prune, fine-tune and evaluate (default: yeast)",
+        description="Run the whole job on a built-in data set or your own file "
+        "and write a run folder: config.json, metrics.jsonl, groups.json, "
+        "results.json, assignment.png and a checkpoint.",
+    )
+    _add_run_flags(train)
+    datasets = sub.add_parser("datasets", help="list the built-in data sets")
+    datasets.add_argument("--debug", action="store_true")
+    return parser
+
+
+def _config_from_args(args):
+    from tgjax.config import RunConfig
+
+    values = {}
+    if args.config:
+        values.update(dataclasses.asdict(RunConfig.from_json(args.config)))
+    for flag, setting in _FLAG_TO_SETTING.items():
+        v = getattr(args, flag)
+        if v is not None:
+            values[setting] = v
+    return RunConfig.from_dict(values)
+
+
+def _load_data(args):
+    from tgjax import data as datasets
+
+    if args.data and args.dataset:
+        raise ValueError("Pass either --dataset or --data, not both.")
+    if args.data:
+        columns = args.task_columns.split(",") if args.task_columns else None
+        data = datasets.load_file(args.data, tasks=columns)
+    else:
+        name = args.dataset or "yeast"
+        kwargs = {}
+        if args.data_dir:
+            kwargs["data_dir"] = args.data_dir
+        data = datasets.load_dataset(name, **kwargs)
+    if args.tasks:
+        data = data.select_tasks([t.strip() for t in args.tasks.split(",")])
+    return data
+
+
+def _prepare_out(args, data, config) -> str:
+    if args.out:
+        out = args.out
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        method = config.baseline or "dmtg"
+        out = os.path.join("runs", f"{data.name}-{method}-{stamp}")
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise ValueError(f"--out {out} exists and is not a folder.")
+        if os.listdir(out):
+            if not args.overwrite:
+                raise ValueError(
+                    f"The run folder {out} already holds files of another run; pass "
+                    "--overwrite to replace it or choose another --out."
+                )
+            shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+class _Progress:
+    """Progress bar and metrics log fed by the pipeline's events."""
+
+    def __init__(self, log, quiet: bool, label: str):
+        self.log = log
+        self.quiet = quiet
+        self.label = label
+        self.bar = None
+
+    def __call__(self, event: str, payload: dict) -> None:
+        from tqdm.auto import tqdm
+
+        if event == "start":
+            if self.bar is not None:
+                self.bar.close()
+            total = payload["epochs"] * payload["steps_per_epoch"]
+            self.steps_per_epoch = payload["steps_per_epoch"]
+            self.bar = tqdm(
+                total=total,
+                desc=f"{self.label} {payload['phase']}",
+                unit="step",
+                disable=self.quiet,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        elif event == "log":
+            self.log.write(payload)
+        elif event == "epoch":
+            self.log.write({"event": "epoch", **payload})
+            if self.bar is not None:
+                self.bar.update(self.steps_per_epoch)
+                post = {"loss": f"{payload['train_loss']:.3f}"}
+                if "tau" in payload:
+                    post["tau"] = f"{payload['tau']:.2f}"
+                post["val"] = f"{payload['val_total_loss']:.3f}"
+                post["groups"] = payload["non_empty_groups"]
+                self.bar.set_postfix(post, refresh=False)
+        elif event == "groups":
+            self.log.write({"event": "groups", **payload})
+        elif event == "done" and self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    import tgjax
+    from tgjax.checkpoint import save_checkpoint
+    from tgjax.plots import plot_assignment_history
+    from tgjax.runio import JsonLines, write_json
+
+    # Validate everything before the run folder is touched.
+    config = _config_from_args(args)
+    data = _load_data(args)
+    out = _prepare_out(args, data, config)
+
+    settings = {
+        "data": {
+            "name": data.name,
+            "source": args.data or "builtin",
+            "tasks": [t.to_dict() for t in data.tasks],
+            "examples": {
+                "train": len(data.train),
+                "val": len(data.val),
+                "test": len(data.test),
+            },
+        },
+        "run": config.to_dict(),
+        "tgjax_version": tgjax.__version__,
+    }
+    write_json(os.path.join(out, "config.json"), settings)
+    log = JsonLines(os.path.join(out, "metrics.jsonl"), "w")
+    started = time.time()
+    try:
+        result = tgjax.fit(
+            data, config, callback=_Progress(log, args.quiet, config.baseline or "dmtg")
+        )
+        baselines = {}
+        if args.with_baselines and config.baseline is None:
+            for name in ("mtl", "stl"):
+                base_cfg = dataclasses.replace(config, baseline=name)
+                res = tgjax.fit(
+                    data, base_cfg, callback=_Progress(_NullLog(), args.quiet, name)
+                )
+                baselines[name] = {
+                    "groups": res.groups,
+                    "test": res.test,
+                    "val": res.val,
+                }
+    finally:
+        log.close()
+    seconds = time.time() - started
+
+    write_json(os.path.join(out, "groups.json"), result.groups_json())
+    results = {
+        "method": config.baseline or "dmtg",
+        "groups": result.groups,
+        "test": result.test,
+        "val": result.val,
+        "wall_seconds": round(seconds, 2),
+    }
+    if baselines:
+        results["baselines"] = baselines
+    write_json(os.path.join(out, "results.json"), results)
+    if result.history:
+        plot_assignment_history(
+            [h["step"] for h in result.history],
+            np.array([h["probabilities"] for h in result.history]),
+            result.tasks,
+            os.path.join(out, "assignment.png"),
+        )
+    save_checkpoint(
+        os.path.join(out, "checkpoint"),
+        {
+            "search": result.search_state,
+            "pruned": {
+                "params": result.pruned.params,
+                "state": result.pruned.state,
+                "kept": np.asarray(result.pruned.kept),
+                "task_branch": np.asarray(result.pruned.task_branch),
+            },
+        },
+    )
+    _print_summary(result, results, out)
+    return 0
+
+
+class _NullLog:
+    def write(self, record):
+        pass
+
+
+def _print_summary(result, results, out) -> None:
+    print(f"groups ({len(result.groups)}):")
+    for i, g in enumerate(result.groups):
+        print(f"  {i}: {', '.join(g)}")
+    rows = [(results["method"], results["test"])]
+    rows += [(k, v["test"]) for k, v in results.get("baselines", {}).items()]
+    for name, test in rows:
+        parts = [f"total loss {test['total_loss']:.3f}"]
+        if "total_error_percent" in test:
+            parts.append(f"total error {test['total_error_percent']:.2f}%")
+        if "total_mae" in test:
+            parts.append(f"total MAE {test['total_mae']:.4g}")
+        print(f"test {name}: " + ", ".join(parts))
+    print(f"run folder: {out}")
+
+
+def cmd_datasets(args) -> int:
+    from tgjax.data import DATASETS
+
+    for name, loader in sorted(DATASETS.items()):
+        doc = (loader.__doc__ or "").strip().splitlines()
+        print(f"{name:16s} {doc[0] if doc else ''}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"train": cmd_train, "datasets": cmd_datasets}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("tgjax: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
+        if getattr(args, "debug", False):
+            raise
+        print(f"tgjax: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,543 @@
+"""The whole job: search, read the groups, prune, fine-tune, evaluate.
+
+:func:`fit` runs the four stages on a :class:`tgjax.data.MultiTaskData` and
+returns a :class:`FitResult`. It holds the epoch loop; everything inside an
+epoch is one compiled call (``lax.scan`` over device-resident data). Progress
+and logging are the caller's: pass ``callback`` to receive events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tgjax.config import RunConfig
+from tgjax.data.base import MultiTaskData, from_arrays
+from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
+from tgjax.relax import read_groups, temperature_schedule
+from tgjax.tasks import Task, TaskCodes, output_size, split_labels, task_losses
+from tgjax.train import (
+    SearchState,
+    evaluate_outputs,
+    hard_outputs,
+    init_state,
+    make_epoch_fn,
+    make_optimizer,
+    make_train_step,
+)
+
+Callback = Callable[[str, dict], None]
+
+
+class NumericalError(FloatingPointError):
+    """Training produced a non-finite loss, gradient or assignment."""
+
+
+@dataclasses.dataclass
+class PrunedNetwork:
+    """The network after pruning: surviving branches and one head per task.
+
+    Attributes:
+      params, state: variables (branches `[kept, ...]`, heads `[tasks, ...]`).
+      kept: original group index of each surviving branch.
+      task_branch: `[tasks]` index into ``kept`` of each task's branch.
+    """
+
+    params: Any
+    state: Any
+    kept: np.ndarray
+    task_branch: np.ndarray
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What :func:`fit` found and measured.
+
+    Attributes:
+      tasks: task names.
+      groups: task names of each non-empty group, ordered by group index.
+      assignment: `[tasks]` group index (into the search's K groups).
+      probabilities: `[tasks, groups]` softmax(S) at the end of the search.
+      test, val: metrics of the final pruned model (see :func:`evaluate`).
+      history: the logged search metrics, one dict per logged step.
+      search_state: the final :class:`SearchState`.
+      pruned: the fine-tuned :class:`PrunedNetwork`.
+      config: the settings used.
+    """
+
+    tasks: list[str]
+    groups: list[list[str]]
+    assignment: np.ndarray
+    probabilities: np.ndarray
+    test: dict
+    val: dict
+    history: list[dict]
+    search_state: SearchState
+    pruned: PrunedNetwork
+    config: RunConfig
+
+    def groups_json(self) -> dict:
+        return {
+            "tasks": self.tasks,
+            "groups": self.groups,
+            "assignment": [int(g) for g in self.assignment],
+            "probabilities": np.asarray(self.probabilities).round(6).tolist(),
+        }
+
+
+def num_groups(config: RunConfig, num_tasks: int) -> int:
+    """K of a run: 1 for the MTL baseline, N for STL, else ``config.groups``."""
+    if config.baseline == "mtl":
+        return 1
+    if config.baseline == "stl":
+        return num_tasks
+    return config.groups
+
+
+def build_model(config: RunConfig, tasks: Sequence[Task], groups: int) -> GroupedModel:
+    """The search network of a config: branch type, head width, K and N."""
+    branch = CelebAEncoder() if config.branch == "celeba" else MLP(config.hidden)
+    return GroupedModel(
+        branch=branch,
+        head=nn.Dense(output_size(tasks)),
+        num_groups=groups,
+        num_tasks=len(tasks),
+        init=config.init,
+    )
+
+
+def _lr_schedule(config: RunConfig, base: float, steps_per_epoch: int):
+    if not config.lr_halving_epochs:
+        return base
+    boundaries = {int(e) * steps_per_epoch: 0.5 for e in config.lr_halving_epochs}
+    return optax.piecewise_constant_schedule(base, boundaries)
+
+
+def _check_finite(metrics: dict, first_step: int, tasks: Sequence[Task]) -> None:
+    finite = np.asarray(metrics["finite"])
+    if finite.all():
+        return
+    bad = int(np.flatnonzero(~finite)[0])
+    lm = np.asarray(metrics["loss_matrix"][bad])
+    rows, cols = np.nonzero(~np.isfinite(lm))
+    where = (
+        f"; task {tasks[rows[0]].name!r} on group {int(cols[0])} has loss "
+        f"{lm[rows[0], cols[0]]}"
+        if rows.size
+        else "; the losses were finite, so a gradient or S overflowed"
+    )
+    raise NumericalError(
+        f"Training stopped at step {first_step + bad}: a non-finite value "
+        f"appeared{where}. Lower the learning rate, check the inputs for extreme "
+        "values, or resume from the last checkpoint."
+    )
+
+
+def evaluate(
+    outputs_fn,
+    x: np.ndarray,
+    y: np.ndarray,
+    data: MultiTaskData,
+) -> dict:
+    """Per-task metrics and totals of a model on one split.
+
+    Classification tasks report the error percentage, regression tasks the
+    mean absolute error in the data's original units.
+
+    Returns:
+      ``{"tasks": {name: {"metric", "value", "loss", "count"}},
+      "total_loss": ..., "total_error_percent": ... (classification tasks),
+      "total_mae": ... (regression tasks, original units)}``.
+    """
+    codes = TaskCodes.from_tasks(data.tasks)
+    raw = evaluate_outputs(outputs_fn, x, y, codes)
+    per_task, err_total, mae_total = {}, 0.0, 0.0
+    for i, t in enumerate(data.tasks):
+        if t.is_classification:
+            value = 100.0 * raw["error"][i]
+            err_total += value
+        else:
+            value = raw["error"][i] * float(data.target_std[i])
+            mae_total += value
+        per_task[t.name] = {
+            "metric": t.metric_name,
+            "value": float(value),
+            "loss": float(raw["loss"][i]),
+            "count": int(raw["count"][i]),
+        }
+    out = {"tasks": per_task, "total_loss": float(np.sum(raw["loss"]))}
+    if any(t.is_classification for t in data.tasks):
+        out["total_error_percent"] = float(err_total)
+    if any(not t.is_classification for t in data.tasks):
+        out["total_mae"] = float(mae_total)
+    return out
+
+
+def make_pruned_epoch_fn(
+    model: GroupedModel,
+    tasks: Sequence[Task],
+    optimizer: optax.GradientTransformation,
+    task_branch: np.ndarray,
+    batch_size: int,
+):
+    """A compiled fine-tuning epoch of the pruned network.
+
+    Each surviving branch is trained on the unweighted sum of its own tasks'
+    losses, which is the plain sum over tasks of each task's loss on its own
+    head and branch.
+
+    Returns:
+      ``epoch((params, state, opt_state), x, y, key) -> (carry, losses)``.
+    """
+    codes = TaskCodes.from_tasks(tasks)
+    task_branch = np.asarray(task_branch)
+
+    def step(carry, batch):
+        params, mstate, opt_state, rng = carry
+        rng, k_drop = jax.random.split(rng)
+        labels, mask = split_labels(batch["y"])
+
+        def objective(p):
+            out, new_state = model.apply_pruned(
+                p, mstate, batch["x"], task_branch, train=True, rng=k_drop
+            )
+            losses = task_losses(out, labels, mask, codes)
+            return jnp.sum(losses), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+        return (params, new_state, opt_state, rng), loss
+
+    def epoch(carry, x, y, key):
+        n = x.shape[0]
+        steps = n // batch_size
+        perm = jax.random.permutation(key, n)[: steps * batch_size]
+        perm = perm.reshape(steps, batch_size)
+        return jax.lax.scan(
+            lambda c, idx: step(c, {"x": x[idx], "y": y[idx]}), carry, perm
+        )
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def _emit(callback: Callback | None, event: str, payload: dict) -> None:
+    if callback is not None:
+        callback(event, payload)
+
+
+def fit(
+    data: MultiTaskData,
+    config: RunConfig | None = None,
+    *,
+    callback: Callback | None = None,
+) -> FitResult:
+    """Runs search, group read-out, pruning, fine-tuning and test evaluation.
+
+    Args:
+      data: the multi-task data set with its splits.
+      config: settings; ``RunConfig()`` by default.
+      callback: optional ``callback(event, payload)``. Events: ``"start"``
+        (phase, epochs, steps_per_epoch), ``"log"`` (one logged search step:
+        step, epoch, loss, tau, learning_rate, probabilities, loss_matrix),
+        ``"epoch"`` (phase, epoch, train_loss, val_total_loss,
+        non_empty_groups), ``"groups"`` (the read-out) and ``"done"``.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      ValueError: for settings that do not fit the data (e.g. a batch larger
+        than the training split).
+      NumericalError: when training produces a non-finite value.
+
+    Example:
+      >>> import tgjax
+      >>> from tgjax.data import load_dataset
+      >>> data = load_dataset("yeast").select_tasks(["Class1", "Class2"])
+      >>> res = tgjax.fit(data, tgjax.RunConfig(groups=2, epochs=1,
+      ...                 finetune_epochs=1, hidden=(16,)))
+      >>> sorted(sum(res.groups, []))
+      ['Class1', 'Class2']
+    """
+    config = config or RunConfig()
+    tasks = data.tasks
+    n_tasks = len(tasks)
+    n_train = len(data.train)
+    if config.batch_size > n_train:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) is larger than the training split "
+            f"({n_train} examples); use --batch-size {min(n_train, 128)} or less."
+        )
+    if len(data.val) == 0 or len(data.test) == 0:
+        raise ValueError(
+            f"The validation and test splits must not be empty; got "
+            f"{len(data.val)} and {len(data.test)} examples."
+        )
+    k = num_groups(config, n_tasks)
+    model = build_model(config, tasks, k)
+    steps_per_epoch = n_train // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    lr = _lr_schedule(config, config.learning_rate, steps_per_epoch)
+    lr_s = _lr_schedule(
+        config,
+        config.assignment_learning_rate or config.learning_rate,
+        steps_per_epoch,
+    )
+    stl = config.baseline == "stl"
+    optimizer = make_optimizer(
+        lr,
+        assignment_learning_rate=lr_s,
+        weight_decay=config.weight_decay,
+        freeze_assignment=stl,
+    )
+    root = jax.random.key(config.seed)
+    k_init, k_data = jax.random.split(root)
+    x_train = jnp.asarray(data.train.x)
+    y_train = jnp.asarray(data.train.y)
+    state = init_state(
+        model,
+        optimizer,
+        k_init,
+        x_train[:2],
+        assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
+        assignment_noise=config.assignment_noise,
+    )
+    tau_fn = temperature_schedule(
+        config.tau_schedule,
+        config.tau,
+        final_value=config.tau_final,
+        decay_steps=max(total_steps, 1) if config.tau_schedule != "constant" else None,
+    )
+    step = make_train_step(
+        model,
+        tasks,
+        optimizer,
+        sample=config.sample,
+        sample_scope=config.sample_scope,
+        entropy_weight=config.entropy_weight,
+        fixed_assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
+    )
+    epoch_fn = make_epoch_fn(step.core, tau_fn, config.batch_size)
+    lr_fn = lr if callable(lr) else (lambda _s, v=lr: v)
+
+    @jax.jit
+    def val_outputs(params, mstate, x, groups):
+        return hard_outputs(model, params, mstate, x, groups)
+
+    # Stage 1: the one-shot search.
+    history: list[dict] = []
+    _emit(
+        callback,
+        "start",
+        {
+            "phase": "search",
+            "epochs": config.epochs,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    )
+    for epoch in range(config.epochs):
+        first = int(state.step)
+        state, metrics = epoch_fn(
+            state, x_train, y_train, jax.random.fold_in(k_data, epoch)
+        )
+        _check_finite(metrics, first, tasks)
+        metrics = jax.device_get(metrics)
+        for j in range(steps_per_epoch):
+            s = first + j
+            if s % config.log_every == 0 or j == steps_per_epoch - 1:
+                record = {
+                    "phase": "search",
+                    "step": s,
+                    "epoch": epoch,
+                    "loss": float(metrics["loss"][j]),
+                    "tau": float(metrics["tau"][j]),
+                    "learning_rate": float(lr_fn(s)),
+                    "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
+                    "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
+                }
+                history.append(record)
+                _emit(callback, "log", record)
+        groups_now = read_groups(state.assignment)
+        val = evaluate(
+            lambda xb, g=groups_now, st=state: val_outputs(
+                st.params, st.model_state, xb, g
+            ),
+            data.val.x,
+            data.val.y,
+            data,
+        )
+        _emit(
+            callback,
+            "epoch",
+            {
+                "phase": "search",
+                "epoch": epoch,
+                "train_loss": float(np.mean(metrics["loss"])),
+                "tau": float(metrics["tau"][-1]),
+                "val_total_loss": val["total_loss"],
+                "non_empty_groups": int(len(np.unique(groups_now))),
+            },
+        )
+
+    # Stage 2: read the groups off S and prune.
+    assignment = read_groups(state.assignment)
+    probabilities = np.asarray(jax.nn.softmax(state.assignment, axis=-1))
+    params, mstate, kept, task_branch = prune(
+        state.params, state.model_state, assignment
+    )
+    names = [t.name for t in tasks]
+    groups = [[names[i] for i in np.flatnonzero(assignment == g)] for g in kept]
+    _emit(
+        callback,
+        "groups",
+        {"groups": groups, "assignment": assignment.tolist(), "kept": kept.tolist()},
+    )
+
+    @jax.jit
+    def pruned_outputs(params, mstate, x):
+        return model.apply_pruned(params, mstate, x, task_branch)[0]
+
+    # Stage 3: fine-tune the pruned network, keeping the best validation epoch.
+    # The fine-tuning epoch donates its carry, so the best weights are copies.
+    best = jax.tree.map(jnp.copy, (params, mstate))
+    best_val = evaluate(
+        lambda xb: pruned_outputs(params, mstate, xb), data.val.x, data.val.y, data
+    )
+    if config.finetune_epochs:
+        ft_opt = make_optimizer(config.learning_rate, weight_decay=config.weight_decay)
+        ft_opt = _weights_only(ft_opt)
+        ft_epoch = make_pruned_epoch_fn(
+            model, tasks, ft_opt, task_branch, config.batch_size
+        )
+        carry = (params, mstate, ft_opt.init(params), jax.random.fold_in(root, 7))
+        _emit(
+            callback,
+            "start",
+            {
+                "phase": "finetune",
+                "epochs": config.finetune_epochs,
+                "steps_per_epoch": steps_per_epoch,
+            },
+        )
+        for epoch in range(config.finetune_epochs):
+            carry, losses = ft_epoch(
+                carry, x_train, y_train, jax.random.fold_in(k_data, 10_000 + epoch)
+            )
+            losses = np.asarray(losses)
+            if not np.isfinite(losses).all():
+                raise NumericalError(
+                    f"Fine-tuning produced a non-finite loss in epoch {epoch}; lower "
+                    "the learning rate or check the inputs."
+                )
+            p, s = carry[0], carry[1]
+            val = evaluate(
+                lambda xb, p=p, s=s: pruned_outputs(p, s, xb),
+                data.val.x,
+                data.val.y,
+                data,
+            )
+            if val["total_loss"] < best_val["total_loss"]:
+                best, best_val = jax.tree.map(jnp.copy, (p, s)), val
+            _emit(
+                callback,
+                "epoch",
+                {
+                    "phase": "finetune",
+                    "epoch": epoch,
+                    "train_loss": float(losses.mean()),
+                    "val_total_loss": val["total_loss"],
+                    "non_empty_groups": int(len(kept)),
+                },
+            )
+
+    # Stage 4: evaluate the fine-tuned pruned network on the test split.
+    params, mstate = best
+    test = evaluate(
+        lambda xb: pruned_outputs(params, mstate, xb), data.test.x, data.test.y, data
+    )
+    pruned = PrunedNetwork(params, mstate, kept, task_branch)
+    result = FitResult(
+        tasks=names,
+        groups=groups,
+        assignment=assignment,
+        probabilities=probabilities,
+        test=test,
+        val=best_val,
+        history=history,
+        search_state=state,
+        pruned=pruned,
+        config=config,
+    )
+    _emit(callback, "done", {"test": test})
+    return result
+
+
+def _weights_only(opt: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Adapts the ``{"params", "assignment"}`` optimizer to a bare params tree."""
+
+    def init(params):
+        return opt.init({"params": params, "assignment": jnp.zeros(())})
+
+    def update(grads, state, params=None):
+        wrap = {"params": grads, "assignment": jnp.zeros(())}
+        p = None if params is None else {"params": params, "assignment": jnp.zeros(())}
+        updates, state = opt.update(wrap, state, p)
+        return updates["params"], state
+
+    return optax.GradientTransformation(init, update)
+
+
+def fit_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    tasks: Sequence[Task],
+    config: RunConfig | None = None,
+    *,
+    fractions: tuple[float, float] = (0.2, 0.2),
+    split_seed: int = 0,
+    callback: Callback | None = None,
+) -> FitResult:
+    """:func:`fit` on NumPy arrays, split at random into train/val/test.
+
+    Args:
+      x: `[examples, ...]` inputs.
+      y: `[examples, tasks]` labels (class index or value; NaN = missing).
+      tasks: one :class:`Task` per label column.
+      config: settings.
+      fractions: validation and test fractions.
+      split_seed: seed of the split.
+
+    Example:
+      >>> import numpy as np, tgjax
+      >>> rng = np.random.default_rng(0)
+      >>> x = rng.normal(size=(200, 5)).astype("float32")
+      >>> y = np.stack([x[:, 0] > 0, x[:, 1] > 0], 1).astype("float32")
+      >>> tasks = [tgjax.Task("a", "binary"), tgjax.Task("b", "binary")]
+      >>> res = tgjax.fit_arrays(x, y, tasks, tgjax.RunConfig(groups=2, epochs=2,
+      ...                        finetune_epochs=1, batch_size=32, hidden=(8,)))
+      >>> len(res.assignment)
+      2
+    """
+    x = np.asarray(x)
+    y = np.asarray(y, np.float32)
+    if y.ndim == 1:
+        y = y[:, None]
+    if len(x) != len(y):
+        raise ValueError(
+            f"x has {len(x)} examples but y has {len(y)} label rows; they must match."
+        )
+    if y.shape[1] != len(tasks):
+        raise ValueError(
+            f"y has {y.shape[1]} label columns but {len(tasks)} tasks were described."
+        )
+    data = from_arrays("arrays", tasks, x, y, fractions=fractions, seed=split_seed)
+    return fit(data, config, callback=callback)
