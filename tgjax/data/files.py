@@ -191,13 +191,16 @@ def read_npz(
         mismatched arrays, or non-finite features.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable .npz file ({e}).") from None
+    # Open the file here so that it is closed even when numpy cannot parse it.
+    with open(path, "rb") as fh:
+        try:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not named arrays")
+            with loaded as f:
+                arrays = {k: f[k] for k in f.files}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npz file ({e}).") from None
     if "x" not in arrays:
         raise ValueError(
             f"{path}: no array 'x'; expected x [examples, ...] plus one array per "
