@@ -1,23 +1,45 @@
-"""Built-in data sets and loaders for data that users bring."""
+"""Built-in data sets and loaders for data that users bring.
+
+Built-in sets load by name through :func:`load_dataset`; see ``DATASETS``.
+A user's own ``.npz`` or CSV file loads with :func:`load_file`. Image sets
+also stream through :mod:`tgjax.data.pipeline`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from tgjax.data.base import MultiTaskData, Split, from_arrays
+from tgjax.data.celeba import CELEBA9, load_celeba
+from tgjax.data.files import load_file
+from tgjax.data.mnist import load_fashion_mnist, load_mnist5k
 from tgjax.data.packaged import load_digits, load_yeast
+from tgjax.data.qm9 import load_qm9
 
 DATASETS: dict[str, Callable[..., MultiTaskData]] = {
     "yeast": load_yeast,
     "digits": load_digits,
+    "qm9": load_qm9,
+    "fashion-mnist": load_fashion_mnist,
+    "mnist5k": load_mnist5k,
+    "celeba": load_celeba,
 }
 
 
 def load_dataset(name: str, **kwargs) -> MultiTaskData:
     """Loads a built-in data set by name.
 
+    Args:
+      name: a key of ``DATASETS``.
+      **kwargs: passed to the data set's loader (e.g. ``seed``, ``subset``
+        for ``qm9``, ``data_dir`` for ``celeba``).
+
     Raises:
       ValueError: for an unknown name, listing the known ones.
+
+    Example:
+      >>> load_dataset("digits").train.y.shape
+      (1079, 10)
     """
     if name not in DATASETS:
         raise ValueError(
@@ -27,4 +49,18 @@ def load_dataset(name: str, **kwargs) -> MultiTaskData:
     return DATASETS[name](**kwargs)
 
 
-__all__ = ["DATASETS", "MultiTaskData", "Split", "from_arrays", "load_dataset"]
+__all__ = [
+    "CELEBA9",
+    "DATASETS",
+    "MultiTaskData",
+    "Split",
+    "from_arrays",
+    "load_celeba",
+    "load_dataset",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_file",
+    "load_mnist5k",
+    "load_qm9",
+    "load_yeast",
+]

@@ -154,9 +154,12 @@ def from_arrays(
     for i, t in enumerate(tasks):
         if t.kind == "regression":
             col = y[tr, i]
-            mean[i] = np.nanmean(col)
-            s = np.nanstd(col)
-            std[i] = s if s > 0 else 1.0
+            col = col[~np.isnan(col)]
+            # A task without train labels keeps mean 0 and std 1.
+            if col.size:
+                mean[i] = col.mean()
+                s = col.std()
+                std[i] = s if s > 0 else 1.0
     y = (y - mean) / std
     return MultiTaskData(
         name=name,

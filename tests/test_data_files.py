@@ -1,0 +1,150 @@
+"""User .npz and CSV files: missing labels, kinds, errors, and a bounded fuzz."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tgjax.data import load_file
+
+
+def test_npz_missing_labels_and_inferred_kinds(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 30
+    a = (np.arange(n) % 2).astype(np.float32)
+    a[3] = np.nan
+    path = tmp_path / "toy.npz"
+    np.savez(
+        path,
+        x=rng.normal(size=(n, 2, 3)),
+        a=a,
+        c=np.arange(n) % 4,
+        r=rng.normal(size=n) * 5 + 10,
+    )
+    data = load_file(path)
+    assert [t.kind for t in data.tasks] == ["binary", "multiclass", "regression"]
+    assert data.tasks[1].num_classes == 4
+    assert data.train.x.shape[1:] == (2, 3)
+    ys = np.concatenate([data.train.y, data.val.y, data.test.y])
+    assert np.isnan(ys[:, 0]).sum() == 1 and not np.isnan(ys[:, 1:]).any()
+    assert data.target_std[2] > 1.0
+    picked = load_file(path, tasks=["r", "a"], kinds={"r": "regression"})
+    assert picked.task_names == ["r", "a"]
+
+
+def test_csv_convention_missing_cells_and_overrides(tmp_path):
+    rows = ["f1,f2,task:smoker,task:age"]
+    for i in range(20):
+        smoker = "" if i % 5 == 0 else str(i % 2)
+        age = "NA" if i == 7 else f"{20 + i}"
+        rows.append(f"{i * 0.5},{-i},{smoker},{age}")
+    path = tmp_path / "people.csv"
+    path.write_text("\n".join(rows) + "\n")
+    data = load_file(path, kinds={"age": "regression"})
+    assert data.task_names == ["smoker", "age"]
+    assert [t.kind for t in data.tasks] == ["binary", "regression"]
+    ys = np.concatenate([data.train.y, data.val.y, data.test.y])
+    assert np.isnan(ys[:, 0]).sum() == 4 and np.isnan(ys[:, 1]).sum() == 1
+    data = load_file(path, tasks=["f2"], features=["f1"], kinds=["regression"])
+    assert data.train.x.shape[1] == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a,task:y\n1,0\nfoo,1\n", "row 3, column 'a': cannot read 'foo'"),
+        ("a,task:y\n1,0\n2\n", "row 3: expected 2 cells, got 1"),
+        ("a,task:y\n1,0\nnan,1\n", "features must be finite"),
+        ("a,task:y\n1,0\n,1\n", "cannot read '' as a number"),
+        ("a,b\n1,0\n", "no task columns"),
+        ("a,task:y\n1,\n2,\n", "has no labels"),
+        ("a,a,task:y\n1,2,0\n", "unique"),
+        ("a,task:y\n1,inf\n", "finite or empty"),
+        ("", "empty file"),
+    ],
+)
+def test_csv_errors_say_where(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_file(path)
+
+
+def test_npz_and_format_errors(tmp_path):
+    path = tmp_path / "bad.npz"
+    np.savez(path, x=np.ones((4, 2)), y=np.ones(3))
+    with pytest.raises(ValueError, match=r"must be numeric of shape \(4,\)"):
+        load_file(path)
+    np.savez(path, x=np.array([[1.0, np.inf]] * 4), y=np.ones(4))
+    with pytest.raises(ValueError, match="features must be finite"):
+        load_file(path)
+    np.savez(path, features=np.ones((4, 2)), y=np.ones(4))
+    with pytest.raises(ValueError, match="no array 'x'"):
+        load_file(path)
+    np.savez(path, x=np.ones((4, 2)), y=np.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="is binary but has label 2"):
+        load_file(path, kinds={"y": "binary"})
+    with pytest.raises(ValueError, match="kind must be one of"):
+        load_file(path, kinds=["ordinal"])
+    with open(path, "wb") as f:
+        np.save(f, np.ones(3))
+    with pytest.raises(ValueError, match="single array"):
+        load_file(path)
+    path.write_bytes(b"PK\x03\x04 broken")
+    with pytest.raises(ValueError, match="not a readable .npz"):
+        load_file(path)
+    with pytest.raises(ValueError, match="expected a .npz or .csv"):
+        (tmp_path / "d.parquet").write_text("x")
+        load_file(tmp_path / "d.parquet")
+    with pytest.raises(FileNotFoundError):
+        load_file(tmp_path / "absent.csv")
+
+
+CELLS = st.sampled_from(
+    ["0", "1", "2", "-1", "0.5", "", "nan", "NA", "inf", "x", "1e400", " 3 ", '"1"']
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(st.lists(CELLS, min_size=3, max_size=3), min_size=1, max_size=8),
+    ragged=st.booleans(),
+)
+def test_fuzz_csv_fails_only_with_value_error(tmp_path_factory, rows, ragged):
+    path = tmp_path_factory.mktemp("fuzz") / "f.csv"
+    lines = ["f,task:a,task:b"] + [",".join(r) for r in rows]
+    if ragged:
+        lines.append("1")
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        data = load_file(path)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert np.isfinite(data.train.x).all()
+    assert data.train.y.shape[1] == 2
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 6),
+    label=st.sampled_from([0.0, 1.0, 2.5, -1.0, np.nan, np.inf]),
+    x_bad=st.sampled_from([0.0, np.nan, np.inf]),
+    y_len=st.integers(1, 6),
+    as_text=st.booleans(),
+)
+def test_fuzz_npz_fails_only_with_value_error(
+    tmp_path_factory, n, label, x_bad, y_len, as_text
+):
+    path = tmp_path_factory.mktemp("fuzz") / "f.npz"
+    x = np.ones((n, 2))
+    x[0, 0] = x_bad
+    y = np.zeros(y_len)
+    y[0] = label
+    np.savez(path, x=x, y=y.astype(str) if as_text else y)
+    try:
+        data = load_file(path)
+    except ValueError as e:
+        assert str(e)
+        return
+    assert np.isfinite(data.train.x).all()

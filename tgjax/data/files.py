@@ -1,0 +1,325 @@
+"""Multi-task data from a user's own ``.npz`` or CSV file.
+
+``.npz``: an array ``x`` `[examples, ...]` of features and one array
+`[examples]` per task, named after the task (every array but ``x`` is a task
+unless ``tasks`` says otherwise). NaN marks a missing label.
+
+CSV: a header row, then one row per example. Task columns are the ones named
+in ``tasks``, or else every column whose header starts with ``task:`` (the
+task is named after the rest, so ``task:toxic`` is task ``toxic``); the
+features are the other columns, or the ones named in ``features``. Feature
+cells must hold finite numbers; an empty task cell, ``nan`` or ``NA`` is a
+missing label.
+
+Task kinds are inferred from the labels unless ``kinds`` names them: labels
+that are all 0 or 1 make a binary task; other whole numbers from 0 to
+:data:`MAX_INFERRED_CLASSES` - 1 a multiclass task with ``max + 1`` classes;
+anything else a regression task.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tgjax.data.base import MultiTaskData, from_arrays
+from tgjax.tasks import KINDS, Task
+
+TASK_PREFIX = "task:"
+MAX_INFERRED_CLASSES = 50
+MISSING = ("", "nan", "na", "n/a", "null", "none", "?")
+
+
+def infer_task(name: str, labels: np.ndarray, kind: str | None = None) -> Task:
+    """The :class:`Task` for one label column, checking the labels fit it.
+
+    Args:
+      name: task name.
+      labels: `[examples]` float labels, NaN where missing.
+      kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; None infers it.
+
+    Raises:
+      ValueError: for a task without labels, an unknown kind, or class labels
+        that are not whole numbers from 0.
+    """
+    present = labels[~np.isnan(labels)]
+    if present.size == 0:
+        raise ValueError(f"Task {name!r} has no labels at all; drop the column.")
+    if np.any(np.isinf(present)):
+        raise ValueError(f"Task {name!r} has infinite labels; use NaN for missing.")
+    whole = bool(np.all(present == np.round(present))) and present.min() >= 0
+    if kind is None:
+        if whole and present.max() <= 1:
+            kind = "binary"
+        elif whole and present.max() < MAX_INFERRED_CLASSES:
+            kind = "multiclass"
+        else:
+            kind = "regression"
+    if kind not in KINDS:
+        raise ValueError(f"Task {name!r}: kind must be one of {KINDS}, got {kind!r}.")
+    if kind == "regression":
+        return Task(name, "regression")
+    if not whole:
+        raise ValueError(
+            f"Task {name!r} is {kind} but its labels are not whole numbers from 0 "
+            f"(they range over {present.min()}..{present.max()}); map classes to "
+            "0, 1, ... or declare it a regression task."
+        )
+    top = int(present.max())
+    if kind == "binary":
+        if top > 1:
+            raise ValueError(
+                f"Task {name!r} is binary but has label {top}; labels must be 0 "
+                "or 1 (declare it multiclass for more classes)."
+            )
+        return Task(name, "binary")
+    return Task(name, "multiclass", num_classes=max(top + 1, 2))
+
+
+def _cell(text: str, where: str, *, label: bool) -> float:
+    t = text.strip()
+    if label and t.lower() in MISSING:
+        return float("nan")
+    try:
+        value = float(t)
+    except ValueError:
+        what = "a label (or empty for missing)" if label else "a number"
+        raise ValueError(f"{where}: cannot read {text!r} as {what}.") from None
+    if not label and not np.isfinite(value):
+        raise ValueError(f"{where}: features must be finite, got {text!r}.")
+    if label and np.isinf(value):
+        raise ValueError(f"{where}: labels must be finite or empty, got {text!r}.")
+    return value
+
+
+def read_csv(
+    path: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    features: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reads a CSV file into features, labels and task names.
+
+    Returns:
+      ``(x, y, task_names)``: `[examples, features]` and `[examples, tasks]`
+      float32, NaN for a missing label.
+
+    Raises:
+      ValueError: naming the row and column of a bad cell, a missing column or
+        a row of the wrong length.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a UTF-8 text file ({e}).") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: malformed CSV ({e}).") from None
+    if not rows or not any(c.strip() for c in rows[0]):
+        raise ValueError(f"{path}: empty file; expected a header row of names.")
+    header = [h.strip() for h in rows[0]]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes or any(not h for h in header):
+        raise ValueError(
+            f"{path}: column names must be unique and non-empty; got {header}."
+        )
+    if tasks is None:
+        task_cols = [i for i, h in enumerate(header) if h.startswith(TASK_PREFIX)]
+        names = [header[i][len(TASK_PREFIX) :] for i in task_cols]
+        if not task_cols:
+            raise ValueError(
+                f"{path}: no task columns; pass tasks=[column names] or name task "
+                f"columns '{TASK_PREFIX}<name>'. Columns: {header}."
+            )
+    else:
+        missing = [t for t in tasks if t not in header]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
+        task_cols = [header.index(t) for t in tasks]
+        names = list(tasks)
+    if features is None:
+        feat_cols = [i for i in range(len(header)) if i not in task_cols]
+    else:
+        missing = [c for c in features if c not in header]
+        if missing:
+            raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
+        feat_cols = [header.index(c) for c in features]
+    if not feat_cols:
+        raise ValueError(f"{path}: no feature columns besides the tasks {names}.")
+    x, y = [], []
+    for r, row in enumerate(rows[1:], start=2):
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue
+        if len(row) != len(header):
+            raise ValueError(
+                f"{path}, row {r}: expected {len(header)} cells, got {len(row)}."
+            )
+        x.append(
+            [
+                _cell(row[i], f"{path}, row {r}, column {header[i]!r}", label=False)
+                for i in feat_cols
+            ]
+        )
+        y.append(
+            [
+                _cell(row[i], f"{path}, row {r}, column {header[i]!r}", label=True)
+                for i in task_cols
+            ]
+        )
+    if not x:
+        raise ValueError(f"{path}: no data rows after the header.")
+    return np.asarray(x, np.float32), np.asarray(y, np.float32), names
+
+
+def read_npz(
+    path: str | os.PathLike, *, tasks: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Reads an ``.npz`` file with ``x`` and one label array per task.
+
+    Returns:
+      ``(x, y, task_names)`` as :func:`read_csv`; ``x`` keeps its trailing
+      shape `[examples, ...]`.
+
+    Raises:
+      ValueError: naming the file and array for missing, non-numeric or
+        mismatched arrays, or non-finite features.
+    """
+    path = Path(path)
+    # Open the file here so that it is closed even when numpy cannot parse it.
+    with open(path, "rb") as fh:
+        try:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError("it holds a single array, not named arrays")
+            with loaded as f:
+                arrays = {k: f[k] for k in f.files}
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable .npz file ({e}).") from None
+    if "x" not in arrays:
+        raise ValueError(
+            f"{path}: no array 'x'; expected x [examples, ...] plus one array per "
+            f"task, got {sorted(arrays)}."
+        )
+    names = [k for k in arrays if k != "x"] if tasks is None else list(tasks)
+    missing = [t for t in names if t not in arrays or t == "x"]
+    if missing or not names:
+        raise ValueError(
+            f"{path}: no task array(s) {missing or names}; arrays: {sorted(arrays)}."
+        )
+    x = arrays["x"]
+    if x.ndim < 2 or x.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: 'x' must be a numeric array [examples, ...], got {x.dtype} "
+            f"{x.shape}."
+        )
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        bad = np.argwhere(~np.isfinite(x))[0].tolist()
+        raise ValueError(f"{path}: features must be finite; x{bad} = {x[tuple(bad)]}.")
+    cols = []
+    for t in names:
+        a = arrays[t]
+        if a.shape != (len(x),) or a.dtype.kind not in "biuf":
+            raise ValueError(
+                f"{path}: task array {t!r} must be numeric of shape ({len(x)},) to "
+                f"match x; got {a.dtype} {a.shape}."
+            )
+        cols.append(a.astype(np.float32))
+    return x, np.stack(cols, axis=1), names
+
+
+def load_file(
+    path: str | os.PathLike,
+    *,
+    tasks: Sequence[str] | None = None,
+    kinds: Mapping[str, str] | Sequence[str] | None = None,
+    features: Sequence[str] | None = None,
+    fractions: tuple[float, float] = (0.2, 0.2),
+    seed: int = 0,
+    standardize: bool = True,
+    name: str | None = None,
+) -> MultiTaskData:
+    """Loads a user's ``.npz`` or ``.csv`` file as a multi-task data set.
+
+    Args:
+      path: the file; its suffix picks the format.
+      tasks: task columns or arrays, in order; see the module docstring for
+        the default.
+      kinds: kind of each task, as a dict by name (others inferred) or a list
+        in task order; None infers all.
+      features: CSV feature columns; default all non-task columns.
+      fractions: (validation, test) fractions of the seeded random split.
+      seed: seed of the split.
+      standardize: standardise features with train statistics.
+      name: data set name; default the file name without suffix.
+
+    Returns:
+      A :class:`MultiTaskData` whose `[examples, tasks]` labels hold NaN where
+      a label is missing.
+
+    Raises:
+      FileNotFoundError: when the file does not exist.
+      ValueError: for an unknown suffix or any malformed content, naming the
+        place and what was expected.
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> p = tempfile.mkdtemp() + "/toy.npz"
+      >>> np.savez(p, x=np.random.rand(20, 3), a=np.arange(20) % 2,
+      ...          b=np.linspace(0, 1, 20))
+      >>> [t.kind for t in load_file(p).tasks]
+      ['binary', 'regression']
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Data file {str(path)!r} does not exist.")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        if features is not None:
+            raise ValueError("features= applies to CSV files; an .npz file has x.")
+        x, y, names = read_npz(path, tasks=tasks)
+    elif suffix == ".csv":
+        x, y, names = read_csv(path, tasks=tasks, features=features)
+    else:
+        raise ValueError(
+            f"{path}: unknown format {suffix!r}; expected a .npz or .csv file."
+        )
+    if len(set(names)) != len(names) or any(not n for n in names):
+        raise ValueError(f"{path}: task names must be unique and non-empty: {names}.")
+    if kinds is not None:
+        if isinstance(kinds, Mapping):
+            unknown = sorted(set(kinds) - set(names))
+            if unknown:
+                raise ValueError(
+                    f"kinds names unknown task(s) {unknown}; tasks: {names}."
+                )
+            kind_list = [kinds.get(n) for n in names]
+        else:
+            kind_list = list(kinds)
+            if len(kind_list) != len(names):
+                raise ValueError(
+                    f"kinds has {len(kind_list)} entries for {len(names)} tasks "
+                    f"{names}."
+                )
+    else:
+        kind_list = [None] * len(names)
+    task_objs = tuple(
+        infer_task(n, y[:, i], k)
+        for i, (n, k) in enumerate(zip(names, kind_list, strict=True))
+    )
+    return from_arrays(
+        name or path.stem,
+        task_objs,
+        x,
+        y,
+        fractions=fractions,
+        seed=seed,
+        standardize=standardize,
+        description=f"user file {path.name}",
+    )
