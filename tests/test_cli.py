@@ -148,3 +148,39 @@ def test_help_of_every_command_explains_itself():
             text=True,
         ).stdout
     )
+
+
+def test_train_on_a_user_csv_with_missing_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 4))
+    lines = ["f1,f2,f3,f4,task:a,task:b,task:r"]
+    for r in x:
+        b = str(int(r[1] > 0)) if r[2] > -0.5 else ""
+        lines.append(
+            ",".join(f"{v:.4f}" for v in r) + f",{int(r[0] > 0)},{b},{r[3]:.3f}"
+        )
+    path = tmp_path / "mine.csv"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            str(path),
+            "--groups",
+            "2",
+            "--batch-size",
+            "32",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["tasks"]["r"]["metric"] == "mae"
+    assert results["test"]["tasks"]["a"]["metric"] == "error_percent"
+    # Missing labels of task b are not counted.
+    assert (
+        results["test"]["tasks"]["b"]["count"] < results["test"]["tasks"]["a"]["count"]
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import inspect
 import os
 import shutil
 import sys
@@ -186,6 +187,12 @@ def _load_data(args):
         name = args.dataset or "yeast"
         kwargs = {}
         if args.data_dir:
+            loader = datasets.DATASETS.get(name)
+            if loader is None or "data_dir" not in inspect.signature(loader).parameters:
+                raise ValueError(
+                    f"--data-dir applies to data sets read from disk; {name!r} "
+                    "ships with a package. Drop --data-dir."
+                )
             kwargs["data_dir"] = args.data_dir
         data = datasets.load_dataset(name, **kwargs)
     if args.tasks:
