@@ -207,3 +207,42 @@ def test_per_example_sampling_runs_and_is_finite(sample):
     np.testing.assert_allclose(
         np.asarray(metrics["assignment"]).sum(-1), 1.0, rtol=1e-5
     )
+
+
+class _Backbone(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.tanh(nn.Dense(6)(x))
+
+
+def test_user_backbone_branch_head_and_loss_drop_into_the_step():
+    """Dense per-example targets with a custom loss, through one user module set."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(8, 5)).astype(np.float32)
+    targets = rng.normal(size=(N_TASKS, 8, 4)).astype(np.float32)  # [tasks, batch, 4]
+    model = tgjax.GroupedModel(
+        branch=MLP((7,)),
+        head=nn.Dense(4),
+        num_groups=2,
+        num_tasks=N_TASKS,
+        backbone=_Backbone(),
+    )
+
+    def loss_fn(outputs, y):  # outputs [tasks, batch, 4]
+        return jnp.mean(jnp.abs(outputs - y), axis=(1, 2))
+
+    opt = tgjax.make_optimizer(1e-2)
+    state = tgjax.init_state(model, opt, jax.random.key(7), x)
+    step = tgjax.make_train_step(model, _tasks(), opt, loss_fn=loss_fn)
+    new, metrics = step(state, {"x": x, "y": targets}, 2.5)
+    outputs, _ = model.apply(state.params, state.model_state, x)
+    want = jnp.stack([loss_fn(o, targets) for o in outputs], axis=1)
+    np.testing.assert_allclose(metrics["loss_matrix"], want, rtol=1e-5)
+    # The shared backbone is trained too.
+    before = state.params["backbone"]["Dense_0"]["kernel"]
+    after = new.params["backbone"]["Dense_0"]["kernel"]
+    assert not np.allclose(before, after)
+    with pytest.raises(ValueError, match="sample_scope"):
+        tgjax.make_train_step(
+            model, _tasks(), opt, loss_fn=loss_fn, sample_scope="example"
+        )

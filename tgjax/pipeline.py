@@ -328,6 +328,7 @@ def fit(
     )
     epoch_fn = make_epoch_fn(step.core, tau_fn, config.batch_size)
     lr_fn = lr if callable(lr) else (lambda _s, v=lr: v)
+    lr_s_fn = lr_s if callable(lr_s) else (lambda _s, v=lr_s: v)
 
     @jax.jit
     def val_outputs(params, mstate, x, groups):
@@ -361,6 +362,7 @@ def fit(
                     "loss": float(metrics["loss"][j]),
                     "tau": float(metrics["tau"][j]),
                     "learning_rate": float(lr_fn(s)),
+                    "assignment_learning_rate": 0.0 if stl else float(lr_s_fn(s)),
                     "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
                     "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
                 }

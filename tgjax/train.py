@@ -190,6 +190,7 @@ def loss_matrix(
     train: bool = False,
     rng: Array | None = None,
     per_example: bool = False,
+    loss_fn: Callable[[Array, Any], Array] | None = None,
 ):
     """The `[tasks, groups]` loss matrix L of the search network.
 
@@ -205,11 +206,24 @@ def loss_matrix(
       rng: dropout key.
       per_example: return `[batch, tasks, groups]` per-example terms whose sum
         over the batch is L (for per-example assignment samples).
+      loss_fn: your own ``loss_fn(outputs, y) -> [tasks]`` replacing the
+        built-in losses, with outputs `[tasks, batch, ...]` of one group and
+        ``y`` passed through untouched (any pytree, e.g. dense targets). It
+        must return 0 for a task without labels. Not combinable with
+        ``per_example``.
 
     Returns:
       ``(L, new_model_state)``.
     """
     outputs, new_state = model.apply(params, model_state, x, train=train, rng=rng)
+    if loss_fn is not None:
+        if per_example:
+            raise ValueError(
+                "per_example=True needs the built-in per-example losses; drop "
+                "loss_fn or sample one assignment per batch."
+            )
+        per_group = jax.vmap(lambda out: loss_fn(out, y))(outputs)
+        return per_group.T, new_state
     labels, mask = split_labels(y)
     if per_example:
         count = jnp.maximum(jnp.sum(mask, axis=0), 1).astype(jnp.float32)
@@ -244,6 +258,7 @@ def make_train_step(
     sample_scope: str = "batch",
     entropy_weight: float = 0.0,
     fixed_assignment: Array | None = None,
+    loss_fn: Callable[[Array, Any], Array] | None = None,
     jit: bool = True,
 ) -> Callable[[SearchState, dict, Any], tuple[SearchState, dict]]:
     """Builds the pure search step ``step(state, batch, tau) -> (state, metrics)``.
@@ -260,6 +275,8 @@ def make_train_step(
         the objective (> 0 pushes rows towards one-hot).
       fixed_assignment: `[tasks, groups]` z used instead of a sample (the
         single-task baseline is the identity with K = N).
+      loss_fn: optional ``loss_fn(outputs, y) -> [tasks]`` replacing the
+        built-in per-task losses (see :func:`loss_matrix`).
       jit: compile the step (on by default).
 
     Returns:
@@ -275,6 +292,11 @@ def make_train_step(
         raise ValueError(
             f"sample_scope must be one of {SAMPLE_SCOPES}, got {sample_scope!r}."
         )
+    if loss_fn is not None and sample_scope == "example":
+        raise ValueError(
+            "sample_scope='example' needs the built-in per-example losses; drop "
+            "loss_fn or use sample_scope='batch'."
+        )
     codes = TaskCodes.from_tasks(tasks)
     hard = sample == "straight_through"
     per_example = sample_scope == "example" and fixed_assignment is None
@@ -286,7 +308,10 @@ def make_train_step(
         key = jax.random.fold_in(state.key, state.step)
         k_sample, k_dropout = jax.random.split(key)
         x, y = batch["x"], batch["y"]
-        present = jnp.any(~jnp.isnan(jnp.asarray(y, jnp.float32)), axis=0)
+        if loss_fn is None:
+            present = jnp.any(~jnp.isnan(jnp.asarray(y, jnp.float32)), axis=0)
+        else:
+            present = jnp.ones((len(codes.loss_code),), bool)
 
         def objective(trainable):
             s = trainable["assignment"]
@@ -307,6 +332,7 @@ def make_train_step(
                 train=True,
                 rng=k_dropout,
                 per_example=per_example,
+                loss_fn=loss_fn,
             )
             if per_example:
                 keep = present[None, :, None]
