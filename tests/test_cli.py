@@ -184,3 +184,13 @@ def test_train_on_a_user_csv_with_missing_labels(tmp_path):
     assert (
         results["test"]["tasks"]["b"]["count"] < results["test"]["tasks"]["a"]["count"]
     )
+
+
+def test_parity_preset_holds_the_reference_settings():
+    from tgjax.config import PRESETS
+
+    cfg = RunConfig.from_dict(PRESETS["celeba9-parity"])
+    assert cfg.learning_rate == 8e-4 and cfg.assignment_learning_rate is None
+    assert cfg.tau == 2.5 and cfg.tau_schedule == "constant"
+    assert cfg.lr_halving_epochs == (15, 30, 45, 60, 75, 90)
+    assert cfg.batch_size == 256 and cfg.epochs == 100 and cfg.branch == "celeba"

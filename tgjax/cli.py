@@ -62,6 +62,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
     run = p.add_argument_group("search and training (defaults in RunConfig)")
     run.add_argument("--config", default=None, metavar="JSON", help="settings file")
+    run.add_argument(
+        "--preset",
+        choices=("celeba9-parity",),
+        default=None,
+        help="start from the paper's reference settings (flags still override)",
+    )
     run.add_argument("--groups", type=int, default=None, help="K, candidate groups (4)")
     run.add_argument("--epochs", type=int, default=None, help="search epochs (20)")
     run.add_argument(
@@ -163,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_from_args(args):
-    from tgjax.config import RunConfig
+    from tgjax.config import PRESETS, RunConfig
 
-    values = {}
+    values = dict(PRESETS[args.preset]) if args.preset else {}
     if args.config:
         values.update(dataclasses.asdict(RunConfig.from_json(args.config)))
     for flag, setting in _FLAG_TO_SETTING.items():

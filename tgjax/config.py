@@ -183,3 +183,22 @@ class RunConfig:
         if not isinstance(values, dict):
             raise ValueError(f"Config file {path} must hold a JSON object of settings.")
         return cls.from_dict(values)
+
+
+# Reference settings of the DMTG paper (METHOD.md section 6), as starting
+# points: `RunConfig.from_dict({**PRESETS[name], ...})`.
+PRESETS: dict[str, dict[str, Any]] = {
+    "celeba9-parity": {
+        "branch": "celeba",
+        "learning_rate": 8e-4,
+        "batch_size": 256,
+        "epochs": 100,
+        "lr_halving_epochs": (15, 30, 45, 60, 75, 90),
+        "tau": 2.5,
+        "tau_schedule": "constant",
+        "sample": "relaxed",
+        "sample_scope": "batch",
+        "init": "tied",
+        "weight_decay": 0.0,
+    },
+}
