@@ -191,6 +191,7 @@ def test_parity_preset_holds_the_reference_settings():
 
     cfg = RunConfig.from_dict(PRESETS["celeba9-parity"])
     assert cfg.learning_rate == 8e-4 and cfg.assignment_learning_rate is None
+    assert RunConfig().assignment_learning_rate == 0.03
     assert cfg.tau == 2.5 and cfg.tau_schedule == "constant"
     assert cfg.lr_halving_epochs == (15, 30, 45, 60, 75, 90)
     assert cfg.batch_size == 256 and cfg.epochs == 100 and cfg.branch == "celeba"

@@ -76,7 +76,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, default=None, help="batch size (128)")
     run.add_argument("--lr", type=float, default=None, help="learning rate (8e-4)")
     run.add_argument(
-        "--assignment-lr", type=float, default=None, help="learning rate of S"
+        "--assignment-lr", type=float, default=None, help="learning rate of S (0.03)"
     )
     run.add_argument("--weight-decay", type=float, default=None)
     run.add_argument(
@@ -325,6 +325,7 @@ def cmd_train(args) -> int:
     results = {
         "method": config.baseline or "dmtg",
         "groups": result.groups,
+        "assignment_confidence": round(float(result.probabilities.max(1).mean()), 6),
         "test": result.test,
         "val": result.val,
         "wall_seconds": round(seconds, 2),
