@@ -23,7 +23,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 Array = jax.Array
 
@@ -32,26 +31,83 @@ def _out_dtype(logits: Array):
     return logits.dtype if jnp.issubdtype(logits.dtype, jnp.floating) else jnp.float32
 
 
-def check_tau(tau) -> None:
-    """Raises ValueError for a temperature known on the host to be invalid.
+_F32_TINY = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
 
-    Traced temperatures (inside ``jit``) cannot be checked and pass through.
+
+def _host_scalar(name: str, value, hint: str = "") -> float:
+    """A positive finite float32 number known on the host, or a ValueError."""
+    arr = None if isinstance(value, str) else np.asarray(value)
+    real = arr is not None and (
+        jnp.issubdtype(arr.dtype, jnp.floating)
+        or jnp.issubdtype(arr.dtype, jnp.integer)
+    )
+    if not real or arr.ndim != 0:
+        raise ValueError(
+            f"{name} must be a real scalar number, got {value!r}; pass a Python "
+            f"float or a 0-d array.{hint}"
+        )
+    number = float(arr)
+    # The value is used in float32: it must stay finite and a normal number
+    # there, or a division by it would give inf or, with flushed subnormals,
+    # 0 / 0 = NaN.
+    if not (math.isfinite(number) and _F32_TINY <= number <= _F32_MAX):
+        raise ValueError(
+            f"{name} must be a finite number > 0 that float32 represents "
+            f"(between {_F32_TINY:.3g} and {_F32_MAX:.3g}), got {number!r}.{hint}"
+        )
+    return number
+
+
+_TAU_HINT = " The reference uses tau=2.5 (CelebA) and tau=4.0 (Taskonomy)."
+
+
+def check_tau(tau) -> None:
+    """Raises ValueError for a temperature that is invalid.
+
+    A temperature known on the host must be a real scalar, finite and > 0 in
+    float32 (at least the smallest normal float32). A traced temperature
+    (inside ``jit``) only has its shape and dtype checked: its value is not
+    known when the function is traced.
     """
     if isinstance(tau, jax.core.Tracer):
-        return
-    value = np.asarray(tau)
-    if value.size != 1:
-        raise ValueError(f"tau must be a scalar, got an array of shape {value.shape}.")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"tau must be a finite number > 0, got {value!r}; the reference uses "
-            "tau=2.5 (CelebA) and tau=4.0 (Taskonomy)."
+        real = jnp.issubdtype(tau.dtype, jnp.floating) or jnp.issubdtype(
+            tau.dtype, jnp.integer
         )
+        if jnp.shape(tau) != () or not real:
+            raise ValueError(
+                f"tau must be a real scalar, got a traced {tau.dtype} array of "
+                f"shape {jnp.shape(tau)}."
+            )
+        return
+    _host_scalar("tau", tau, _TAU_HINT)
+
+
+def canonical_tau(tau) -> Array | np.float32:
+    """The temperature as one canonical type, so ``jit`` never recompiles for it.
+
+    A host value (Python float, NumPy scalar, concrete JAX array on any
+    device) becomes an ``np.float32`` scalar: uncommitted, strongly typed, the
+    same abstract value whatever the caller passed. A traced value becomes a
+    float32 array.
+
+    Raises:
+      ValueError: if ``tau`` is invalid (see :func:`check_tau`).
+    """
+    check_tau(tau)
+    if isinstance(tau, jax.core.Tracer):
+        return jnp.asarray(tau, jnp.float32)
+    return np.float32(float(np.asarray(tau)))
 
 
 def _perturbed(key: Array, logits: Array) -> Array:
-    """(logits + Gumbel noise) in float32, shifted so that each row's max is 0."""
+    """(logits + Gumbel noise) in float32, shifted so that each row's max is 0.
+
+    Subtracting the row maximum first keeps (logits + g) / tau free of
+    overflow for any finite logits: the largest entry is exactly 0 and the
+    others are <= 0 (a gap beyond the float32 range becomes -inf, whose
+    softmax weight and gradient are exactly 0).
+    """
     x = jnp.asarray(logits).astype(jnp.float32)
     y = x + jax.random.gumbel(key, x.shape, jnp.float32)
     return y - jax.lax.stop_gradient(jnp.max(y, axis=-1, keepdims=True))
@@ -62,41 +118,77 @@ def _one_hot_argmax(y: Array) -> Array:
     return jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=jnp.float32)
 
 
+@jax.custom_jvp
+def _straight_through(hard: Array, soft: Array) -> Array:
+    """Forward value ``hard``, derivative that of ``soft``.
+
+    Written as a custom derivative rather than ``hard + soft - sg(soft)`` so
+    that the forward value is exactly ``hard`` whatever the compiler does
+    with the floating-point sum.
+    """
+    del soft
+    return hard
+
+
+@_straight_through.defjvp
+def _straight_through_jvp(primals, tangents):
+    hard, _ = primals
+    _, soft_dot = tangents
+    return hard, soft_dot
+
+
 def gumbel_softmax(key: Array, logits: Array, tau, *, hard: bool = False) -> Array:
     """Relaxed or straight-through Gumbel-softmax sample of each row.
 
-    With g ~ Gumbel(0, 1) drawn once per call, the relaxed sample is
+    With g = ``jax.random.gumbel(key, logits.shape, float32)``, i.i.d.
+    Gumbel(0, 1) noise drawn once per call, the relaxed sample is
     softmax((logits + g) / tau) along the last axis. With ``hard=True`` the
     forward value is the one-hot of argmax(logits + g) (exactly one 1 per row,
-    ties to the lowest index) and the gradient is that of the relaxed sample.
+    ties to the lowest index) and the gradient is exactly that of the relaxed
+    sample. The same key gives the same g as :func:`sample_one_hot`.
+
+    Numerics: computed in float32 for every input dtype, with the row maximum
+    of (logits + g) subtracted before the division by tau, so the sample and
+    its gradient are finite for any finite logits (even 1e30 apart) and any
+    valid tau (even 1e-6). The gradient with respect to the logits is bounded
+    by the incoming cotangent divided by tau. Logits so large that g is lost
+    in their rounding (|logits| >~ 1e8 for float32) tie, and ties go to the
+    lowest index.
 
     Args:
       key: a JAX PRNG key; the same key gives the same sample.
       logits: `[..., groups]` unnormalised logits, e.g. S of shape
-        `[tasks, groups]`. Any floating dtype; computed in float32.
-      tau: temperature > 0; a Python float, NumPy scalar or (traced) array.
+        `[tasks, groups]`. Any floating (or integer) dtype; computed in
+        float32.
+      tau: temperature > 0; a Python float, NumPy scalar or (traced) 0-d
+        array. A host value must be finite and a normal float32 number.
       hard: straight-through sample instead of the relaxed one.
 
     Returns:
-      `[..., groups]` sample in the floating dtype of ``logits``; each row
-      sums to 1.
+      `[..., groups]` sample in the floating dtype of ``logits`` (float32 for
+      integer logits); each row sums to 1 up to rounding in that dtype, and
+      exactly 1 with ``hard=True``.
 
     Raises:
-      ValueError: if ``tau`` is known on the host and is not finite and > 0.
+      ValueError: if ``tau`` is known on the host and is not a finite float32
+        number > 0, or is not a scalar.
 
     Example:
       >>> import jax, jax.numpy as jnp, tgjax
       >>> z = tgjax.gumbel_softmax(jax.random.key(0), jnp.ones((3, 2)), 2.5)
-      >>> z.shape
-      (3, 2)
+      >>> z.shape, z.dtype
+      ((3, 2), dtype('float32'))
+      >>> h = tgjax.gumbel_softmax(jax.random.key(0), jnp.ones((3, 2)), 2.5,
+      ...                          hard=True)
+      >>> [float(v) for v in h.sum(axis=-1)]
+      [1.0, 1.0, 1.0]
     """
     check_tau(tau)
     logits = jnp.asarray(logits)
     y = _perturbed(key, logits)
     soft = jax.nn.softmax(y / jnp.asarray(tau, jnp.float32), axis=-1)
     if hard:
-        # hard + (soft - soft) is exactly hard in the forward pass.
-        soft = _one_hot_argmax(y) + (soft - jax.lax.stop_gradient(soft))
+        soft = _straight_through(_one_hot_argmax(jax.lax.stop_gradient(y)), soft)
     return soft.astype(_out_dtype(logits))
 
 
@@ -135,7 +227,8 @@ def read_groups(logits) -> np.ndarray:
       index.
 
     Raises:
-      ValueError: if ``logits`` is not 2-D or a row holds NaN (names the task).
+      ValueError: if ``logits`` is not `[tasks, groups]` with groups >= 1, or
+        a row holds NaN (the message names the first such task).
 
     Example:
       >>> import numpy as np, tgjax
@@ -143,9 +236,10 @@ def read_groups(logits) -> np.ndarray:
       [1, 0]
     """
     s = np.asarray(jax.device_get(logits), dtype=np.float64)
-    if s.ndim != 2:
+    if s.ndim != 2 or s.shape[1] < 1:
         raise ValueError(
-            f"logits must have shape [tasks, groups], got shape {s.shape}."
+            f"logits must have shape [tasks, groups] with groups >= 1, got shape "
+            f"{s.shape}."
         )
     bad = np.flatnonzero(np.isnan(s).any(axis=1))
     if bad.size:
@@ -231,17 +325,25 @@ def temperature_schedule(
 ) -> Callable[[Array], Array]:
     """A temperature schedule: a function of the step returning tau > 0.
 
+    The decaying kinds move from ``init_value`` at step 0 to the floor
+    ``final_value`` at step ``decay_steps`` and hold it afterwards; steps
+    before 0 give ``init_value``. Every value lies in [final_value,
+    init_value], so tau > 0 at every step.
+
     Args:
       kind: ``"constant"`` (the reference: tau never changes),
-        ``"exponential"`` (geometric decay from ``init_value`` to
-        ``final_value`` over ``decay_steps``, then held) or ``"cosine"``
-        (cosine decay to the floor ``final_value`` over ``decay_steps``).
-      init_value: tau at step 0, finite and > 0.
-      final_value: the floor for the decaying kinds, 0 < final <= init.
-      decay_steps: steps to reach the floor, >= 1.
+        ``"exponential"`` (geometric decay, init * (final / init) **
+        (step / decay_steps)) or ``"cosine"`` (final + (init - final) *
+        (1 + cos(pi * step / decay_steps)) / 2).
+      init_value: tau at step 0, finite and > 0 in float32.
+      final_value: the floor of the decaying kinds, 0 < final <= init;
+        not accepted by ``"constant"``.
+      decay_steps: integer steps to reach the floor, >= 1; not accepted by
+        ``"constant"``.
 
     Returns:
-      ``schedule(step) -> float32 scalar``, usable inside ``jit``.
+      ``schedule(step) -> float32 scalar``, usable inside ``jit`` with a
+      traced integer step.
 
     Raises:
       ValueError: naming the invalid argument.
@@ -253,55 +355,60 @@ def temperature_schedule(
       >>> float(s(0)), float(s(100)), float(s(1000))
       (4.0, 0.5, 0.5)
     """
-    if kind not in TAU_SCHEDULES:
+    if not isinstance(kind, str) or kind not in TAU_SCHEDULES:
         raise ValueError(f"kind must be one of {TAU_SCHEDULES}, got {kind!r}.")
+    init = _host_scalar("init_value", init_value)
+    init32 = np.float32(init)
 
-    def positive(name, v):
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number > 0, got {v!r}.") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}.")
-        return v
-
-    init_value = positive("init_value", init_value)
     if kind == "constant":
-        sched = optax.constant_schedule(init_value)
-    else:
-        if final_value is None or decay_steps is None:
+        extra = {
+            n: v
+            for n, v in (("final_value", final_value), ("decay_steps", decay_steps))
+            if v is not None
+        }
+        if extra:
             raise ValueError(
-                f"A {kind} tau schedule needs final_value and decay_steps; got "
-                f"final_value={final_value!r}, decay_steps={decay_steps!r}."
+                f"A constant tau schedule takes no {', '.join(extra)}; got "
+                f"{extra}. Use kind='exponential' or 'cosine' to decay tau."
             )
-        final_value = positive("final_value", final_value)
-        if final_value > init_value:
-            raise ValueError(
-                f"final_value ({final_value}) must not exceed init_value "
-                f"({init_value}); a temperature schedule decays."
-            )
-        if isinstance(decay_steps, bool) or not float(decay_steps).is_integer():
-            raise ValueError(
-                f"decay_steps must be an integer >= 1, got {decay_steps!r}."
-            )
-        decay_steps = int(decay_steps)
-        if decay_steps < 1:
-            raise ValueError(f"decay_steps must be >= 1, got {decay_steps}.")
+
+        def constant(step):
+            del step
+            return jnp.asarray(init32)
+
+        return constant
+
+    if final_value is None or decay_steps is None:
+        raise ValueError(
+            f"A {kind} tau schedule needs final_value and decay_steps; got "
+            f"final_value={final_value!r}, decay_steps={decay_steps!r}."
+        )
+    final = _host_scalar("final_value", final_value)
+    if final > init:
+        raise ValueError(
+            f"final_value ({final}) must not exceed init_value ({init}); a "
+            "temperature schedule decays."
+        )
+    if isinstance(decay_steps, bool) or not isinstance(decay_steps, (int, np.integer)):
+        raise ValueError(f"decay_steps must be an integer >= 1, got {decay_steps!r}.")
+    if decay_steps < 1:
+        raise ValueError(f"decay_steps must be an integer >= 1, got {decay_steps}.")
+    final32 = np.float32(final)
+    steps = int(decay_steps)
+    log_init = np.float32(math.log(init))
+    log_ratio = np.float32(math.log(final) - math.log(init))
+
+    def decaying(step):
+        # Clipping the step first keeps every intermediate within
+        # [final, init]: no overflow for negative or huge steps.
+        t = jnp.clip(jnp.asarray(step), 0, steps).astype(jnp.float32) / steps
         if kind == "exponential":
-            sched = optax.exponential_decay(
-                init_value,
-                transition_steps=decay_steps,
-                decay_rate=final_value / init_value,
-                end_value=final_value,
-            )
+            # exp(log init + t log(final / init)): the exponent stays within
+            # [log final, log init], so no factor under- or overflows even
+            # when final / init is far below the float32 range.
+            value = jnp.exp(log_init + t * log_ratio)
         else:
-            sched = optax.cosine_decay_schedule(
-                init_value, decay_steps, alpha=final_value / init_value
-            )
+            value = final32 + (init32 - final32) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        return jnp.clip(value, final32, init32)
 
-    def schedule(step):
-        # optax schedules mix Python floats and integer steps.
-        with jax.numpy_dtype_promotion("standard"):
-            return jnp.asarray(sched(step), jnp.float32)
-
-    return schedule
+    return decaying

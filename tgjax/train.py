@@ -23,7 +23,7 @@ import optax
 from tgjax.model import GroupedModel
 from tgjax.relax import (
     assignment_entropy,
-    check_tau,
+    canonical_tau,
     grouping_loss,
     gumbel_softmax,
 )
@@ -244,11 +244,6 @@ def loss_matrix(
     return per_group.T, new_state
 
 
-def _canonical_tau(tau) -> Array:
-    check_tau(tau)
-    return jnp.asarray(tau, jnp.float32)
-
-
 def make_train_step(
     model: GroupedModel,
     tasks: Sequence[Task],
@@ -380,7 +375,7 @@ def make_train_step(
     core = jax.jit(step) if jit else step
 
     def train_step(state, batch, tau):
-        return core(state, batch, _canonical_tau(tau))
+        return core(state, batch, canonical_tau(tau))
 
     train_step.core = step  # the unjitted pure function, for scans and tests
     train_step.jitted = core
