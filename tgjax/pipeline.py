@@ -311,12 +311,15 @@ def fit(
         assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
         assignment_noise=config.assignment_noise,
     )
-    tau_fn = temperature_schedule(
-        config.tau_schedule,
-        config.tau,
-        final_value=config.tau_final,
-        decay_steps=max(total_steps, 1) if config.tau_schedule != "constant" else None,
-    )
+    if config.tau_schedule == "constant":
+        tau_fn = temperature_schedule("constant", config.tau)
+    else:
+        tau_fn = temperature_schedule(
+            config.tau_schedule,
+            config.tau,
+            final_value=config.tau_final,
+            decay_steps=max(total_steps, 1),
+        )
     step = make_train_step(
         model,
         tasks,
