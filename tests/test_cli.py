@@ -195,3 +195,32 @@ def test_parity_preset_holds_the_reference_settings():
     assert cfg.tau == 2.5 and cfg.tau_schedule == "constant"
     assert cfg.lr_halving_epochs == (15, 30, 45, 60, 75, 90)
     assert cfg.batch_size == 256 and cfg.epochs == 100 and cfg.branch == "celeba"
+
+
+def test_cosine_tau_schedule_decays_to_its_floor_over_the_search(tmp_path):
+    out = tmp_path / "run"
+    rc = cli.main(
+        [
+            "train",
+            "--tasks",
+            "Class1,Class2",
+            "--groups",
+            "2",
+            "--tau",
+            "4",
+            "--tau-schedule",
+            "cosine",
+            "--tau-final",
+            "0.5",
+            "--log-every",
+            "1",
+            "--out",
+            str(out),
+            *SMALL,
+        ]
+    )
+    assert rc == 0
+    taus = [m["tau"] for m in read_jsonl(out / "metrics.jsonl") if "step" in m]
+    assert taus[0] == 4.0
+    assert all(a >= b for a, b in zip(taus[:-1], taus[1:], strict=True))
+    assert abs(taus[-1] - 0.5) < 0.05
