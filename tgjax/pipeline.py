@@ -247,7 +247,8 @@ def fit(
       config: settings; ``RunConfig()`` by default.
       callback: optional ``callback(event, payload)``. Events: ``"start"``
         (phase, epochs, steps_per_epoch), ``"log"`` (one logged search step:
-        step, epoch, loss, tau, learning_rate, probabilities, loss_matrix),
+        step, epoch, loss, tau, learning_rate, assignment_learning_rate,
+        probabilities, loss_matrix),
         ``"epoch"`` (phase, epoch, train_loss, val_total_loss,
         non_empty_groups), ``"groups"`` (the read-out) and ``"done"``.
 
@@ -328,6 +329,7 @@ def fit(
     )
     epoch_fn = make_epoch_fn(step.core, tau_fn, config.batch_size)
     lr_fn = lr if callable(lr) else (lambda _s, v=lr: v)
+    lr_s_fn = lr_s if callable(lr_s) else (lambda _s, v=lr_s: v)
 
     @jax.jit
     def val_outputs(params, mstate, x, groups):
@@ -361,6 +363,7 @@ def fit(
                     "loss": float(metrics["loss"][j]),
                     "tau": float(metrics["tau"][j]),
                     "learning_rate": float(lr_fn(s)),
+                    "assignment_learning_rate": float(lr_s_fn(s)),
                     "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
                     "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
                 }
