@@ -52,7 +52,8 @@ def read_events(path):
     """Parses a TensorBoard event file record by record, checking every CRC."""
     from tensorboardX.proto import event_pb2
 
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+        data = f.read()
     events, pos = [], 0
     while pos < len(data):
         header = data[pos : pos + 8]
@@ -176,7 +177,8 @@ def test_report_writes_every_file_with_valid_images(run_dir, report):
 
 
 def test_report_markdown_holds_groups_results_and_settings(run_dir, report):
-    md = open(report.markdown).read()
+    with open(report.markdown) as f:
+        md = f.read()
     results = json.loads((run_dir / "results.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     # Every figure is linked and exists.
@@ -203,7 +205,8 @@ def test_report_markdown_holds_groups_results_and_settings(run_dir, report):
     assert f"| epochs | {config['run']['epochs']} |" in md
     assert f"| tau | {config['run']['tau']} |" in md
 
-    page = open(report.html).read()
+    with open(report.html) as f:
+        page = f.read()
     assert page.startswith("<!DOCTYPE html>")
     assert page.count("<img ") == 5
     separators = [ln for ln in md.splitlines() if ln.startswith("|---|")]
