@@ -36,9 +36,24 @@ def _heatmap_size(n_tasks: int, n_groups: int) -> tuple[float, float]:
     return (1.9 + 0.55 * n_groups + 1.0, 0.9 + 0.28 * n_tasks)
 
 
-def _draw_heatmap(ax, probs, task_names, *, labels=True, annotate=False):
+def colour_limits(probabilities: np.ndarray) -> tuple[float, float]:
+    """Colour range of a heatmap: the data's own range, shared by all panels.
+
+    Early in a search the probabilities sit near 1/groups; a fixed [0, 1] scale
+    would show a flat colour, so the scale follows the data and the colour bar
+    states it.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    lo, hi = float(p.min()), float(p.max())
+    if hi - lo < 1e-6:
+        lo, hi = max(0.0, lo - 0.05), min(1.0, hi + 0.05)
+    return lo, hi
+
+
+def _draw_heatmap(ax, probs, task_names, *, labels=True, annotate=False, limits=None):
     n_tasks, n_groups = probs.shape
-    im = ax.imshow(probs, vmin=0.0, vmax=1.0, cmap=CMAP, aspect="auto")
+    lo, hi = limits if limits is not None else colour_limits(probs)
+    im = ax.imshow(probs, vmin=lo, vmax=hi, cmap=CMAP, aspect="auto")
     ax.set_xticks(range(n_groups))
     ax.set_xticklabels([str(g) for g in range(n_groups)], fontsize=8)
     ax.set_yticks(range(n_tasks))
@@ -54,7 +69,7 @@ def _draw_heatmap(ax, probs, task_names, *, labels=True, annotate=False):
                     ha="center",
                     va="center",
                     fontsize=7,
-                    color="black" if v > 0.6 else "white",
+                    color="black" if v > lo + 0.6 * (hi - lo) else "white",
                 )
     return im
 
@@ -161,11 +176,14 @@ def plot_assignment_grid(
         layout="constrained",
     )
     im = None
+    limits = colour_limits(probs[picks])
     for j, ax in enumerate(axes.flat):
         if j >= len(picks):
             ax.axis("off")
             continue
-        im = _draw_heatmap(ax, probs[picks[j]], task_names, labels=j % cols == 0)
+        im = _draw_heatmap(
+            ax, probs[picks[j]], task_names, labels=j % cols == 0, limits=limits
+        )
         ax.set_title(f"step {steps[picks[j]]}", fontsize=9)
         if j // cols == rows - 1:
             ax.set_xlabel("group", fontsize=8)
@@ -203,7 +221,9 @@ def write_assignment_gif(
     probs = np.asarray(probabilities, dtype=np.float64)
     picks = snapshot_indices(len(steps), frames)
     fig, ax = plt.subplots(figsize=_heatmap_size(*probs.shape[1:]))
-    im = _draw_heatmap(ax, probs[picks[0]], task_names)
+    im = _draw_heatmap(
+        ax, probs[picks[0]], task_names, limits=colour_limits(probs[picks])
+    )
     ax.set_xlabel("group")
     fig.colorbar(im, ax=ax, label="P(group)", fraction=0.08, pad=0.03)
     title = ax.set_title("", fontsize=9)

@@ -353,7 +353,8 @@ def _run_blocks(run: RunFolder, figure_paths: Mapping[str, str]) -> list[Block]:
         blocks.append(
             Figure(
                 figure_paths["grid"],
-                "Assignment probabilities at evenly spaced logged steps.",
+                "Assignment probabilities at evenly spaced logged steps; the colour "
+                "scale spans the values shown.",
             )
         )
         blocks.append(
