@@ -120,6 +120,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run the MTL and STL baselines and report them side by side",
     )
+    out.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files to <run folder>/tensorboard "
+        "(needs tgjax[tensorboard])",
+    )
     out.add_argument("--quiet", action="store_true", help="no progress bar")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -163,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         "results.json, assignment.png and a checkpoint.",
     )
     _add_run_flags(train)
+    report = sub.add_parser(
+        "report",
+        help="write report.md and report.html with figures for a run folder",
+        description="Write report.md, report.html and figures/ for a run folder "
+        "of 'tgjax train' (groups, assignment over training as heatmaps and a "
+        "GIF, per-task losses, test table, settings) or for an output folder of "
+        "'tgjax compare' (quality against cost, tables per method and seed).",
+    )
+    report.add_argument("folder", metavar="RUN_DIR", help="the folder to report on")
+    report.add_argument(
+        "--out", default=None, help="where to write the report (default: RUN_DIR)"
+    )
+    report.add_argument("--debug", action="store_true", help="show tracebacks")
     datasets = sub.add_parser("datasets", help="list the built-in data sets")
     datasets.add_argument("--debug", action="store_true")
     return parser
@@ -251,19 +270,22 @@ class _Progress:
                 disable=self.quiet,
                 file=sys.stderr,
                 dynamic_ncols=True,
+                # Updates come once per epoch; show every one of them.
+                mininterval=0,
             )
         elif event == "log":
             self.log.write(payload)
         elif event == "epoch":
             self.log.write({"event": "epoch", **payload})
             if self.bar is not None:
-                self.bar.update(self.steps_per_epoch)
                 post = {"loss": f"{payload['train_loss']:.3f}"}
                 if "tau" in payload:
                     post["tau"] = f"{payload['tau']:.2f}"
                 post["val"] = f"{payload['val_total_loss']:.3f}"
                 post["groups"] = payload["non_empty_groups"]
+                # Postfix first, so the refresh in update() shows this epoch.
                 self.bar.set_postfix(post, refresh=False)
+                self.bar.update(self.steps_per_epoch)
         elif event == "groups":
             self.log.write({"event": "groups", **payload})
         elif event == "done" and self.bar is not None:
@@ -300,18 +322,29 @@ def cmd_train(args) -> int:
     }
     write_json(os.path.join(out, "config.json"), settings)
     log = JsonLines(os.path.join(out, "metrics.jsonl"), "w")
+    boards = []
+
+    def callback(log, name):
+        progress = _Progress(log, args.quiet, name)
+        if not args.tensorboard:
+            return progress
+        from tgjax.tblog import TensorBoardLog
+
+        board = TensorBoardLog(
+            os.path.join(out, "tensorboard", name), [t.name for t in data.tasks]
+        )
+        boards.append(board)
+        return _Fanout(progress, board)
+
     started = time.time()
     try:
-        result = tgjax.fit(
-            data, config, callback=_Progress(log, args.quiet, config.baseline or "dmtg")
-        )
+        method = config.baseline or "dmtg"
+        result = tgjax.fit(data, config, callback=callback(log, method))
         baselines = {}
         if args.with_baselines and config.baseline is None:
             for name in ("mtl", "stl"):
                 base_cfg = dataclasses.replace(config, baseline=name)
-                res = tgjax.fit(
-                    data, base_cfg, callback=_Progress(_NullLog(), args.quiet, name)
-                )
+                res = tgjax.fit(data, base_cfg, callback=callback(_NullLog(), name))
                 baselines[name] = {
                     "groups": res.groups,
                     "test": res.test,
@@ -319,6 +352,8 @@ def cmd_train(args) -> int:
                 }
     finally:
         log.close()
+        for board in boards:
+            board.close()
     seconds = time.time() - started
 
     write_json(os.path.join(out, "groups.json"), result.groups_json())
@@ -356,6 +391,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+class _Fanout:
+    """Passes each pipeline event to several callbacks in turn."""
+
+    def __init__(self, *callbacks):
+        self.callbacks = callbacks
+
+    def __call__(self, event: str, payload: dict) -> None:
+        for cb in self.callbacks:
+            cb(event, payload)
+
+
 class _NullLog:
     def write(self, record):
         pass
@@ -377,6 +423,17 @@ def _print_summary(result, results, out) -> None:
     print(f"run folder: {out}")
 
 
+def cmd_report(args) -> int:
+    from tgjax.report import write_report
+
+    report = write_report(args.folder, args.out)
+    print(f"report: {report.markdown}")
+    print(f"        {report.html}")
+    for path in report.figures:
+        print(f"figure: {path}")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from tgjax.data import DATASETS
 
@@ -392,7 +449,9 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"train": cmd_train, "datasets": cmd_datasets}[args.command]
+    handler = {"train": cmd_train, "report": cmd_report, "datasets": cmd_datasets}[
+        args.command
+    ]
     try:
         return handler(args)
     except KeyboardInterrupt:

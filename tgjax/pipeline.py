@@ -247,7 +247,8 @@ def fit(
       config: settings; ``RunConfig()`` by default.
       callback: optional ``callback(event, payload)``. Events: ``"start"``
         (phase, epochs, steps_per_epoch), ``"log"`` (one logged search step:
-        step, epoch, loss, tau, learning_rate, probabilities, loss_matrix),
+        step, epoch, loss, tau, learning_rate, assignment_learning_rate,
+        probabilities, loss_matrix),
         ``"epoch"`` (phase, epoch, train_loss, val_total_loss,
         non_empty_groups), ``"groups"`` (the read-out) and ``"done"``.
 
