@@ -298,7 +298,7 @@ def cmd_train(args) -> int:
 
     import tgjax
     from tgjax.checkpoint import save_checkpoint
-    from tgjax.plots import plot_assignment_history
+    from tgjax.figures import plot_assignment_history
     from tgjax.runio import JsonLines, write_json
 
     # Validate everything before the run folder is touched.
