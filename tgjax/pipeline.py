@@ -301,7 +301,9 @@ def fit(
     root = jax.random.key(config.seed)
     k_init, k_data = jax.random.split(root)
     x_train = jnp.asarray(data.train.x)
-    y_train = jnp.asarray(data.train.y)
+    # NaN marks a missing label: device_put moves it without an operation that
+    # jax_debug_nans would flag.
+    y_train = jax.device_put(np.asarray(data.train.y, np.float32))
     state = init_state(
         model,
         optimizer,
