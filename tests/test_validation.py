@@ -408,3 +408,20 @@ def test_numerical_fault_keeps_config_and_metrics(tmp_path, capsys):
     assert lines[-1]["event"] == "error"
     assert f"step {step}" in lines[-1]["message"]
     assert not (out / "results.json").exists()
+
+
+def test_unreadable_data_file_names_the_permission_problem(
+    tmp_path, capsys, monkeypatch
+):
+    # Tests run as root, which reads any file; simulate the refusal instead.
+    from tgjax.data import files
+
+    path = tmp_path / "locked.csv"
+    path.write_text(_csv(_good_rows(20)))
+
+    def refuse(p, **kwargs):
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(files, "read_csv", refuse)
+    rc, err, out = _run_cli(tmp_path, capsys, ["--data", str(path)])
+    _assert_refused(rc, err, out, ["locked.csv", "Permission denied", "permissions"])
