@@ -171,7 +171,7 @@ def test_straight_through_ties_give_one_one_per_row(dtype):
         np.testing.assert_array_equal(z, np.eye(3)[[0, 0, 0, 0]])
 
 
-# --- The S gradient, METHOD.md section 5 ---------------------------------
+# --- The closed-form S gradient of the relaxed objective -----------------
 
 
 @SETTINGS

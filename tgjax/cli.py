@@ -226,23 +226,23 @@ def _load_data(args):
 
 
 def _prepare_out(args, data, config) -> str:
+    from tgjax.validate import check_run_folder
+
     if args.out:
         out = args.out
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         method = config.baseline or "dmtg"
         out = os.path.join("runs", f"{data.name}-{method}-{stamp}")
-    if os.path.exists(out):
-        if not os.path.isdir(out):
-            raise ValueError(f"--out {out} exists and is not a folder.")
-        if os.listdir(out):
-            if not args.overwrite:
-                raise ValueError(
-                    f"The run folder {out} already holds files of another run; pass "
-                    "--overwrite to replace it or choose another --out."
-                )
-            shutil.rmtree(out)
-    os.makedirs(out, exist_ok=True)
+    if check_run_folder(out, args.overwrite):
+        shutil.rmtree(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ValueError(
+            f"Cannot create the run folder {out} ({e.strerror or e}); choose "
+            "another --out."
+        ) from None
     return out
 
 
@@ -300,10 +300,13 @@ def cmd_train(args) -> int:
     from tgjax.checkpoint import save_checkpoint
     from tgjax.figures import plot_assignment_history
     from tgjax.runio import JsonLines, write_json
+    from tgjax.validate import NumericalError, check_fit_inputs
 
     # Validate everything before the run folder is touched.
     config = _config_from_args(args)
     data = _load_data(args)
+    for note in check_fit_inputs(data, config):
+        print(f"tgjax: note: {note}", file=sys.stderr)
     out = _prepare_out(args, data, config)
 
     settings = {
@@ -350,6 +353,14 @@ def cmd_train(args) -> int:
                     "test": res.test,
                     "val": res.val,
                 }
+    except NumericalError as e:
+        # Keep what was learnt: the log so far plus the reason it stopped.
+        log.write({"event": "error", "kind": "numerical", "message": str(e)})
+        raise NumericalError(
+            f"{e} The settings and the metrics up to the failing step are in "
+            f"{os.path.join(out, 'config.json')} and "
+            f"{os.path.join(out, 'metrics.jsonl')}."
+        ) from e
     finally:
         log.close()
         for board in boards:
@@ -460,8 +471,27 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tgjax: error: {e}", file=sys.stderr)
+        print(f"tgjax: error: {_describe(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"tgjax: internal error: {type(e).__name__}: {e}\n"
+            "tgjax: run with --debug for the traceback.",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _describe(e: BaseException) -> str:
+    """One paragraph for an expected error; OS errors get the path and a fix."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return (
+            f"cannot use {e.filename}: {e.strerror.lower()}. Check that the path "
+            "exists, is a file or folder as expected, and is readable."
+        )
+    return str(e) or type(e).__name__
 
 
 if __name__ == "__main__":

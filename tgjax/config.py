@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,10 +84,16 @@ class RunConfig:
     log_every: int = 10
 
     def __post_init__(self):
+        def fix(name):
+            default = _DEFAULTS[name]
+            return f" Leave it out for the default, {default!r}."
+
         def integer(name, minimum):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {v!r}.")
+                raise ValueError(
+                    f"{name} must be an integer >= {minimum}, got {v!r}." + fix(name)
+                )
 
         def positive(name, allow_zero=False, allow_none=False):
             v = getattr(self, name)
@@ -96,14 +103,18 @@ class RunConfig:
             ok = ok and math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
             if not ok:
                 bound = ">= 0" if allow_zero else "> 0"
-                raise ValueError(f"{name} must be a finite number {bound}, got {v!r}.")
+                raise ValueError(
+                    f"{name} must be a finite number {bound}, got {v!r}." + fix(name)
+                )
 
         def choice(name, options, allow_none=False):
             v = getattr(self, name)
             if v is None and allow_none:
                 return
-            if v not in options:
-                raise ValueError(f"{name} must be one of {options}, got {v!r}.")
+            if not isinstance(v, str) or v not in options:
+                raise ValueError(
+                    f"{name} must be one of {options}, got {v!r}." + fix(name)
+                )
 
         integer("groups", 1)
         integer("epochs", 1)
@@ -134,23 +145,22 @@ class RunConfig:
                 raise ValueError(
                     f"tau_final ({self.tau_final}) must not exceed tau ({self.tau})."
                 )
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        object.__setattr__(self, "lr_halving_epochs", tuple(self.lr_halving_epochs))
-        if not self.hidden or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden
-        ):
-            raise ValueError(
-                "hidden must be a non-empty list of integers >= 1, got "
-                f"{self.hidden!r}."
+
+        def int_list(name, allow_empty):
+            v = getattr(self, name)
+            ok = isinstance(v, (list, tuple)) and (allow_empty or len(v) > 0)
+            ok = ok and all(
+                isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in v
             )
-        if any(
-            isinstance(e, bool) or not isinstance(e, int) or e < 1
-            for e in self.lr_halving_epochs
-        ):
-            raise ValueError(
-                "lr_halving_epochs must hold integers >= 1, got "
-                f"{self.lr_halving_epochs!r}."
-            )
+            if not ok:
+                what = "a list" if allow_empty else "a non-empty list"
+                raise ValueError(
+                    f"{name} must be {what} of integers >= 1, got {v!r}." + fix(name)
+                )
+            object.__setattr__(self, name, tuple(v))
+
+        int_list("hidden", allow_empty=False)
+        int_list("lr_halving_epochs", allow_empty=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,14 +170,20 @@ class RunConfig:
         """Builds a config; unknown or misspelt keys are an error.
 
         Raises:
-          ValueError: naming each unknown key and the closest known one.
+          ValueError: naming each unknown key and the closest known one, or
+            the setting whose value is invalid.
         """
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"Settings must be a mapping of name to value, got "
+                f"{type(values).__name__}."
+            )
         known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in values if k not in known]
+        unknown = [k for k in values if not isinstance(k, str) or k not in known]
         if unknown:
             hints = []
             for k in unknown:
-                close = difflib.get_close_matches(k, known, n=1)
+                close = difflib.get_close_matches(str(k), known, n=1)
                 hints.append(
                     f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                 )
@@ -178,20 +194,62 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, path) -> RunConfig:
-        """Reads a config file written by :meth:`to_dict` (or by hand)."""
+        """Reads a config file written by :meth:`to_dict` (or by hand).
+
+        Raises:
+          FileNotFoundError: when the file does not exist.
+          ValueError: when it is a folder, unreadable, not UTF-8 JSON, not a
+            JSON object, or holds unknown keys or invalid values (the message
+            names the file).
+        """
+        if os.path.isdir(path):
+            raise ValueError(
+                f"Config file {path} is a folder; pass the path of a JSON file."
+            )
         try:
-            with open(path) as f:
-                values = json.load(f)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
         except FileNotFoundError:
-            raise FileNotFoundError(f"Config file {path} does not exist.") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"Config file {path} is not valid JSON: {e}.") from None
+            raise FileNotFoundError(
+                f"Config file {path} does not exist; check the --config path."
+            ) from None
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"Config file {path} is not a UTF-8 text file; it must hold a JSON "
+                'object of settings such as {"groups": 4}.'
+            ) from None
+        except OSError as e:
+            raise ValueError(
+                f"Config file {path} cannot be read ({e.strerror or e}); check its "
+                "permissions."
+            ) from None
+        if not text.strip():
+            raise ValueError(
+                f'Config file {path} is empty; write a JSON object such as {{"groups":'
+                " 4}, or drop --config."
+            )
+        try:
+            values = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(
+                f"Config file {path} is not valid JSON ({e}); it must hold one JSON "
+                'object of settings such as {"groups": 4}.'
+            ) from None
         if not isinstance(values, dict):
-            raise ValueError(f"Config file {path} must hold a JSON object of settings.")
-        return cls.from_dict(values)
+            raise ValueError(
+                f"Config file {path} must hold a JSON object of settings such as "
+                f'{{"groups": 4}}, got a {type(values).__name__}.'
+            )
+        try:
+            return cls.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"Config file {path}: {e}") from None
 
 
-# Reference settings of the DMTG paper (METHOD.md section 6), as starting
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+# Reference settings of the DMTG paper and its public code, as starting
 # points: `RunConfig.from_dict({**PRESETS[name], ...})`.
 PRESETS: dict[str, dict[str, Any]] = {
     "celeba9-parity": {

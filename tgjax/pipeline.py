@@ -22,7 +22,14 @@ from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData, from_arrays
 from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
 from tgjax.relax import read_groups, temperature_schedule
-from tgjax.tasks import Task, TaskCodes, output_size, split_labels, task_losses
+from tgjax.tasks import (
+    Task,
+    TaskCodes,
+    check_tasks,
+    output_size,
+    split_labels,
+    task_losses,
+)
 from tgjax.train import (
     SearchState,
     evaluate_outputs,
@@ -32,12 +39,15 @@ from tgjax.train import (
     make_optimizer,
     make_train_step,
 )
+from tgjax.validate import (
+    NumericalError,
+    check_arrays,
+    check_fit_inputs,
+    fault_message,
+    find_fault,
+)
 
 Callback = Callable[[str, dict], None]
-
-
-class NumericalError(FloatingPointError):
-    """Training produced a non-finite loss, gradient or assignment."""
 
 
 @dataclasses.dataclass
@@ -120,26 +130,6 @@ def _lr_schedule(config: RunConfig, base: float, steps_per_epoch: int):
     return optax.piecewise_constant_schedule(base, boundaries)
 
 
-def _check_finite(metrics: dict, first_step: int, tasks: Sequence[Task]) -> None:
-    finite = np.asarray(metrics["finite"])
-    if finite.all():
-        return
-    bad = int(np.flatnonzero(~finite)[0])
-    lm = np.asarray(metrics["loss_matrix"][bad])
-    rows, cols = np.nonzero(~np.isfinite(lm))
-    where = (
-        f"; task {tasks[rows[0]].name!r} on group {int(cols[0])} has loss "
-        f"{lm[rows[0], cols[0]]}"
-        if rows.size
-        else "; the losses were finite, so a gradient or S overflowed"
-    )
-    raise NumericalError(
-        f"Training stopped at step {first_step + bad}: a non-finite value "
-        f"appeared{where}. Lower the learning rate, check the inputs for extreme "
-        "values, or resume from the last checkpoint."
-    )
-
-
 def evaluate(
     outputs_fn,
     x: np.ndarray,
@@ -194,7 +184,11 @@ def make_pruned_epoch_fn(
     head and branch.
 
     Returns:
-      ``epoch((params, state, opt_state), x, y, key) -> (carry, losses)``.
+      ``epoch((params, state, opt_state), x, y, key) -> (carry, metrics)``
+      with stacked per-step metrics ``task_losses`` `[steps, tasks]`,
+      ``finite`` `[steps]` (False when a loss, a gradient or the weights stop
+      being finite) and ``fault`` `[steps, tasks]` (a non-finite loss or head
+      gradient of that task).
     """
     codes = TaskCodes.from_tasks(tasks)
     task_branch = np.asarray(task_branch)
@@ -209,13 +203,22 @@ def make_pruned_epoch_fn(
                 p, mstate, batch["x"], task_branch, train=True, rng=k_drop
             )
             losses = task_losses(out, labels, mask, codes)
-            return jnp.sum(losses), new_state
+            return jnp.sum(losses), (losses, new_state)
 
-        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, (losses, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+            params
+        )
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-        return (params, new_state, opt_state, rng), loss
+        fault = ~jnp.isfinite(losses)
+        for g in jax.tree.leaves(grads.get("heads", {})):
+            fault |= jnp.any(~jnp.isfinite(g.reshape(g.shape[0], -1)), axis=-1)
+        finite = ~jnp.any(fault) & jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        )
+        metrics = {"task_losses": losses, "finite": finite, "fault": fault}
+        return (params, new_state, opt_state, rng), metrics
 
     def epoch(carry, x, y, key):
         n = x.shape[0]
@@ -256,9 +259,14 @@ def fit(
       A :class:`FitResult`.
 
     Raises:
-      ValueError: for settings that do not fit the data (e.g. a batch larger
-        than the training split).
-      NumericalError: when training produces a non-finite value.
+      ValueError: for data or settings that cannot be trained on, before any
+        work starts (see :func:`tgjax.validate.check_fit_inputs`): too small
+        a split, non-finite inputs, labels that do not fit their task, a task
+        without train labels or with one class, a batch larger than the train
+        split.
+      NumericalError: when training produces a non-finite value; the
+        message names the step and the task or group. Steps before it have
+        been passed to ``callback``.
 
     Example:
       >>> import tgjax
@@ -269,20 +277,11 @@ def fit(
       >>> sorted(sum(res.groups, []))
       ['Class1', 'Class2']
     """
-    config = config or RunConfig()
+    config = RunConfig() if config is None else config
+    check_fit_inputs(data, config)
     tasks = data.tasks
     n_tasks = len(tasks)
     n_train = len(data.train)
-    if config.batch_size > n_train:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) is larger than the training split "
-            f"({n_train} examples); use --batch-size {min(n_train, 128)} or less."
-        )
-    if len(data.val) == 0 or len(data.test) == 0:
-        raise ValueError(
-            f"The validation and test splits must not be empty; got "
-            f"{len(data.val)} and {len(data.test)} examples."
-        )
     k = num_groups(config, n_tasks)
     model = build_model(config, tasks, k)
     steps_per_epoch = n_train // config.batch_size
@@ -303,7 +302,9 @@ def fit(
     root = jax.random.key(config.seed)
     k_init, k_data = jax.random.split(root)
     x_train = jnp.asarray(data.train.x)
-    y_train = jnp.asarray(data.train.y)
+    # NaN marks a missing label: device_put moves it without an operation that
+    # jax_debug_nans would flag.
+    y_train = jax.device_put(np.asarray(data.train.y, np.float32))
     state = init_state(
         model,
         optimizer,
@@ -354,9 +355,10 @@ def fit(
         state, metrics = epoch_fn(
             state, x_train, y_train, jax.random.fold_in(k_data, epoch)
         )
-        _check_finite(metrics, first, tasks)
         metrics = jax.device_get(metrics)
-        for j in range(steps_per_epoch):
+        # Steps before a fault are logged, so the metrics so far are kept.
+        fault = find_fault(metrics)
+        for j in range(steps_per_epoch if fault is None else fault):
             s = first + j
             if s % config.log_every == 0 or j == steps_per_epoch - 1:
                 record = {
@@ -372,6 +374,8 @@ def fit(
                 }
                 history.append(record)
                 _emit(callback, "log", record)
+        if fault is not None:
+            raise NumericalError(fault_message(metrics, fault, first + fault, tasks))
         groups_now = read_groups(state.assignment)
         val = evaluate(
             lambda xb, g=groups_now, st=state: val_outputs(
@@ -435,15 +439,25 @@ def fit(
             },
         )
         for epoch in range(config.finetune_epochs):
-            carry, losses = ft_epoch(
+            carry, ft_metrics = ft_epoch(
                 carry, x_train, y_train, jax.random.fold_in(k_data, 10_000 + epoch)
             )
-            losses = np.asarray(losses)
-            if not np.isfinite(losses).all():
-                raise NumericalError(
-                    f"Fine-tuning produced a non-finite loss in epoch {epoch}; lower "
-                    "the learning rate or check the inputs."
+            ft_metrics = jax.device_get(ft_metrics)
+            bad = find_fault(ft_metrics)
+            if bad is not None:
+                fault = np.asarray(ft_metrics["fault"][bad])
+                who = (
+                    f"task {names[int(np.flatnonzero(fault)[0])]!r} has a non-finite "
+                    "loss or head gradient"
+                    if fault.any()
+                    else "a shared branch gradient is not finite"
                 )
+                raise NumericalError(
+                    f"Fine-tuning stopped at step {epoch * steps_per_epoch + bad} "
+                    f"(epoch {epoch}): {who}. Lower the learning rate (--lr) or "
+                    "check the inputs for extreme values."
+                )
+            losses = np.asarray(ft_metrics["task_losses"]).sum(axis=1)
             p, s = carry[0], carry[1]
             val = evaluate(
                 lambda xb, p=p, s=s: pruned_outputs(p, s, xb),
@@ -533,17 +547,6 @@ def fit_arrays(
       >>> len(res.assignment)
       2
     """
-    x = np.asarray(x)
-    y = np.asarray(y, np.float32)
-    if y.ndim == 1:
-        y = y[:, None]
-    if len(x) != len(y):
-        raise ValueError(
-            f"x has {len(x)} examples but y has {len(y)} label rows; they must match."
-        )
-    if y.shape[1] != len(tasks):
-        raise ValueError(
-            f"y has {y.shape[1]} label columns but {len(tasks)} tasks were described."
-        )
+    x, y = check_arrays(x, y, check_tasks(tasks))
     data = from_arrays("arrays", tasks, x, y, fractions=fractions, seed=split_seed)
     return fit(data, config, callback=callback)

@@ -112,7 +112,10 @@ def check_tasks(tasks: Sequence[Task]) -> tuple[Task, ...]:
     names = [t.name for t in tasks]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"Task names must be unique; repeated: {dupes}.")
+        raise ValueError(
+            f"Task names must be unique; repeated: {dupes}. Give each task its "
+            "own name."
+        )
     return tasks
 
 

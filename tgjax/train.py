@@ -244,6 +244,37 @@ def loss_matrix(
     return per_group.T, new_state
 
 
+def _locate_faults(grads: dict, new_assignment: Array) -> tuple[Array, Array]:
+    """Where gradients or the updated S stopped being finite.
+
+    Heads are `[groups, tasks, ...]` and branches `[groups, ...]`, so a
+    non-finite entry maps to its task and group at the cost of a few
+    reductions, read on the host only when the step's ``finite`` is False.
+
+    Returns:
+      ``(fault, branch_fault)``: `[tasks, groups]` booleans, True where a head
+      gradient, S's gradient or the updated S is non-finite; `[groups]`
+      booleans, True where a branch gradient is non-finite.
+    """
+
+    def bad_over(leaves, ndim):
+        flags = [
+            jnp.any(~jnp.isfinite(g.reshape(g.shape[:ndim] + (-1,))), axis=-1)
+            for g in leaves
+        ]
+        return jnp.any(jnp.stack(flags), axis=0) if flags else None
+
+    fault = ~jnp.isfinite(grads["assignment"]) | ~jnp.isfinite(new_assignment)
+    heads = bad_over(jax.tree.leaves(grads["params"].get("heads", {})), 2)
+    if heads is not None:
+        fault |= heads.T
+    groups = new_assignment.shape[1]
+    branch_fault = bad_over(jax.tree.leaves(grads["params"].get("branches", {})), 1)
+    if branch_fault is None:
+        branch_fault = jnp.zeros((groups,), bool)
+    return fault, branch_fault
+
+
 def make_train_step(
     model: GroupedModel,
     tasks: Sequence[Task],
@@ -278,8 +309,10 @@ def make_train_step(
       ``step(state, batch, tau)`` with ``batch = {"x": [batch, ...],
       "y": [batch, tasks]}``. Metrics: ``loss`` (the objective without the
       regulariser), ``loss_matrix`` `[tasks, groups]`, ``assignment`` z,
-      ``probabilities`` softmax(S), ``tau`` and ``finite`` (False when the
-      loss, a gradient or S stopped being finite).
+      ``probabilities`` softmax(S), ``tau``, ``finite`` (False when the
+      loss, a gradient or S stopped being finite), and where it happened:
+      ``fault`` `[tasks, groups]` (head gradient, S's gradient or S) and
+      ``branch_fault`` `[groups]` (branch gradient).
     """
     if sample not in SAMPLES:
         raise ValueError(f"sample must be one of {SAMPLES}, got {sample!r}.")
@@ -350,6 +383,7 @@ def make_train_step(
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
             new = optax.apply_updates(trainable, updates)
+        fault, branch_fault = _locate_faults(grads, new["assignment"])
         finite = jnp.isfinite(total) & jnp.all(jnp.isfinite(new["assignment"]))
         finite &= jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
@@ -361,6 +395,8 @@ def make_train_step(
             "probabilities": jax.nn.softmax(state.assignment, axis=-1),
             "tau": tau,
             "finite": finite,
+            "fault": fault,
+            "branch_fault": branch_fault,
         }
         new_state = SearchState(
             new["params"],
@@ -445,7 +481,11 @@ def evaluate_outputs(outputs_fn, x: np.ndarray, y: np.ndarray, codes, batch_size
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size], y[start : start + batch_size]
         out = outputs_fn(xb)
-        lab, mask = split_labels(yb)
+        # Split on the host: the NaN of a missing label is data, not a fault,
+        # and never enters a device operation that jax_debug_nans watches.
+        yb = np.asarray(yb, np.float32)
+        mask = ~np.isnan(yb)
+        lab = np.where(mask, yb, 0.0).astype(np.float32)
         c = np.asarray(jnp.sum(mask, axis=0), np.float64)
         loss_sum += np.asarray(task_losses(out, lab, mask, codes), np.float64) * c
         e, _ = task_errors(out, lab, mask, codes)

@@ -7,6 +7,7 @@ also stream through :mod:`tgjax.data.pipeline`.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 
 from tgjax.data.base import MultiTaskData, Split, from_arrays
@@ -42,9 +43,11 @@ def load_dataset(name: str, **kwargs) -> MultiTaskData:
       (1079, 10)
     """
     if name not in DATASETS:
+        close = difflib.get_close_matches(str(name), list(DATASETS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"Unknown data set {name!r}; choose one of {sorted(DATASETS)}, or pass "
-            "your own file with --data."
+            f"Unknown data set {name!r}{hint}; choose one of {sorted(DATASETS)}, or "
+            "pass your own file with --data."
         )
     return DATASETS[name](**kwargs)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import numpy as np
 
 from tgjax.tasks import Task, check_tasks
+from tgjax.validate import check_split_sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +81,21 @@ class MultiTaskData:
         names = list(names)
         unknown = [n for n in names if n not in self.task_names]
         if unknown:
+            hints = [
+                f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "")
+                for n in unknown
+                for c in [difflib.get_close_matches(str(n), self.task_names, n=1)]
+            ]
             raise ValueError(
-                f"Unknown task name(s) {unknown} for data set {self.name!r}; "
-                f"known tasks: {self.task_names}."
+                f"Unknown task name(s) {', '.join(hints)} for data set "
+                f"{self.name!r}; known tasks: {self.task_names}."
             )
         if len(set(names)) != len(names):
-            raise ValueError(f"Task names repeat in {names}; name each task once.")
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(
+                f"Task names repeat in {names} (repeated: {dupes}); name each task "
+                "once."
+            )
         idx = [self.task_names.index(n) for n in names]
 
         def pick(s: Split) -> Split:
@@ -144,6 +155,7 @@ def from_arrays(
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32)
     tr, va, te = split_indices(len(x), fractions, seed)
+    check_split_sizes(name, len(tr), len(va), len(te))
     xs = (x[tr], x[va], x[te])
     if standardize:
         flat = [a.reshape(len(a), -1) for a in xs]

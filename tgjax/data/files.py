@@ -29,6 +29,7 @@ import numpy as np
 
 from tgjax.data.base import MultiTaskData, from_arrays
 from tgjax.tasks import KINDS, Task
+from tgjax.validate import check_data
 
 TASK_PREFIX = "task:"
 MAX_INFERRED_CLASSES = 50
@@ -265,8 +266,10 @@ def load_file(
 
     Raises:
       FileNotFoundError: when the file does not exist.
-      ValueError: for an unknown suffix or any malformed content, naming the
-        place and what was expected.
+      ValueError: for a folder or unreadable path, an unknown suffix, any
+        malformed content, or data that :func:`tgjax.validate.check_data`
+        refuses (a split of fewer than 2 examples, a task without train labels
+        or with one class), naming the place and what was expected.
 
     Example:
       >>> import tempfile, numpy as np
@@ -277,19 +280,32 @@ def load_file(
       ['binary', 'regression']
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"Data file {str(path)!r} is a folder; pass the path of a .npz or .csv "
+            "file (built-in data sets on disk take --data-dir instead)."
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"Data file {str(path)!r} does not exist.")
+        raise FileNotFoundError(
+            f"Data file {str(path)!r} does not exist; check the path."
+        )
     suffix = path.suffix.lower()
-    if suffix == ".npz":
-        if features is not None:
-            raise ValueError("features= applies to CSV files; an .npz file has x.")
-        x, y, names = read_npz(path, tasks=tasks)
-    elif suffix == ".csv":
-        x, y, names = read_csv(path, tasks=tasks, features=features)
-    else:
+    if suffix not in (".npz", ".csv"):
         raise ValueError(
             f"{path}: unknown format {suffix!r}; expected a .npz or .csv file."
         )
+    if suffix == ".npz" and features is not None:
+        raise ValueError("features= applies to CSV files; an .npz file has x.")
+    try:
+        if suffix == ".npz":
+            x, y, names = read_npz(path, tasks=tasks)
+        else:
+            x, y, names = read_csv(path, tasks=tasks, features=features)
+    except PermissionError as e:
+        raise ValueError(
+            f"Data file {str(path)!r} cannot be read ({e.strerror}); check its "
+            "permissions."
+        ) from None
     if len(set(names)) != len(names) or any(not n for n in names):
         raise ValueError(f"{path}: task names must be unique and non-empty: {names}.")
     if kinds is not None:
@@ -313,7 +329,7 @@ def load_file(
         infer_task(n, y[:, i], k)
         for i, (n, k) in enumerate(zip(names, kind_list, strict=True))
     )
-    return from_arrays(
+    data = from_arrays(
         name or path.stem,
         task_objs,
         x,
@@ -323,3 +339,6 @@ def load_file(
         standardize=standardize,
         description=f"user file {path.name}",
     )
+    # Split sizes and per-split label checks only make sense after the split.
+    check_data(data)
+    return data
