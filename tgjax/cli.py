@@ -11,6 +11,8 @@ import shutil
 import sys
 import time
 
+from tgjax import compare_cli
+
 DESCRIPTION = """\
 tgjax learns which tasks of a multi-task problem should share a network.
 It trains K branches with all N task heads on each, learns an N x K matrix of
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "results.json, assignment.png and a checkpoint.",
     )
     _add_run_flags(train)
+    compare_cli.add_parser(sub)
     datasets = sub.add_parser("datasets", help="list the built-in data sets")
     datasets.add_argument("--debug", action="store_true")
     return parser
@@ -385,7 +388,11 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"train": cmd_train, "datasets": cmd_datasets}[args.command]
+    handler = {
+        "train": cmd_train,
+        "datasets": cmd_datasets,
+        "compare": compare_cli.run,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
