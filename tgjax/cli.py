@@ -11,6 +11,8 @@ import shutil
 import sys
 import time
 
+from tgjax import compare_cli
+
 DESCRIPTION = """\
 tgjax learns which tasks of a multi-task problem should share a network.
 It trains K branches with all N task heads on each, learns an N x K matrix of
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="where to write the report (default: RUN_DIR)"
     )
     report.add_argument("--debug", action="store_true", help="show tracebacks")
+    compare_cli.add_parser(sub)
     datasets = sub.add_parser("datasets", help="list the built-in data sets")
     datasets.add_argument("--debug", action="store_true")
     return parser
@@ -460,9 +463,12 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler = {"train": cmd_train, "report": cmd_report, "datasets": cmd_datasets}[
-        args.command
-    ]
+    handler = {
+        "train": cmd_train,
+        "report": cmd_report,
+        "compare": compare_cli.run,
+        "datasets": cmd_datasets,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -1,0 +1,1 @@
+"""Grouping methods that tgjax compares with the one-shot search."""

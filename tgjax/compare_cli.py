@@ -1,0 +1,134 @@
+"""The ``tgjax compare`` subcommand: every grouping method against the oracle."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    """Registers ``compare`` on an argparse subparsers object."""
+    from tgjax.compare import METHODS
+
+    p = sub.add_parser(
+        "compare",
+        help="compare grouping methods on one data set against the exhaustive optimum",
+        description="Run grouping methods with the same network, data, budget "
+        "and seeds, train every partition into at most K groups (the oracle), "
+        "and write results.json, oracle.json, results.md and cost.png.",
+    )
+    p.add_argument("--dataset", default="yeast", help="built-in data set (yeast)")
+    p.add_argument("--tasks", type=_names, default=None, metavar="A,B,...")
+    p.add_argument(
+        "--subset", type=int, default=None, help="examples drawn at random (qm9)"
+    )
+    p.add_argument("--groups", type=int, required=True, help="K, most groups")
+    p.add_argument(
+        "--methods",
+        type=_names,
+        default=METHODS,
+        metavar="M1,M2",
+        help=f"methods from {', '.join(METHODS)} (default: all)",
+    )
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 (5)")
+    p.add_argument(
+        "--oneshot-seeds",
+        type=int,
+        default=None,
+        help="seeds 0..R-1 for random and dmtg (default: --seeds)",
+    )
+    p.add_argument("--epochs", type=int, required=True, help="epochs per training")
+    p.add_argument("--hidden", type=_widths, default=None, metavar="W1,W2")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (8e-4)")
+    p.add_argument("--assignment-lr", type=float, default=None, help="dmtg's S lr")
+    p.add_argument("--tau", type=float, default=None, help="dmtg temperature (2.5)")
+    p.add_argument("--settle-threshold", type=float, default=0.9)
+    p.add_argument("--settle-max-epochs", type=int, default=200)
+    p.add_argument("--lookahead-lr", type=float, default=None, help="TAG lookahead")
+    p.add_argument("--top", type=int, default=10, help="oracle top list size (10)")
+    p.add_argument("--chunk-size", type=int, default=128)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    """Runs ``tgjax compare`` from parsed arguments."""
+    from tgjax.compare import CompareConfig, compare, write_outputs
+    from tgjax.config import RunConfig
+    from tgjax.data import load_dataset
+
+    run_values = {
+        key: value
+        for key, value in (
+            ("hidden", args.hidden),
+            ("batch_size", args.batch_size),
+            ("learning_rate", args.lr),
+            ("assignment_learning_rate", args.assignment_lr),
+            ("tau", args.tau),
+        )
+        if value is not None
+    }
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}.")
+    oneshot = None
+    if args.oneshot_seeds is not None:
+        if args.oneshot_seeds < 1:
+            raise ValueError(f"--oneshot-seeds must be >= 1, got {args.oneshot_seeds}.")
+        oneshot = tuple(range(args.oneshot_seeds))
+    config = CompareConfig(
+        groups=args.groups,
+        epochs=args.epochs,
+        seeds=tuple(range(args.seeds)),
+        oneshot_seeds=oneshot,
+        methods=args.methods,
+        run=RunConfig(**run_values),
+        settle_threshold=args.settle_threshold,
+        settle_max_epochs=args.settle_max_epochs,
+        lookahead_lr=args.lookahead_lr,
+        top=args.top,
+        chunk_size=args.chunk_size,
+    )
+    kwargs = {"subset": args.subset} if args.subset is not None else {}
+    data = load_dataset(args.dataset, **kwargs)
+    if args.tasks:
+        data = data.select_tasks(args.tasks)
+    if os.path.exists(args.out) and os.listdir(args.out):
+        if not args.overwrite:
+            raise ValueError(
+                f"{args.out} already holds files; pass --overwrite or choose "
+                "another --out."
+            )
+        shutil.rmtree(args.out)
+    started = time.time()
+
+    def log(line):
+        if not args.quiet:
+            print(f"[{time.time() - started:7.1f} s] {line}", file=sys.stderr)
+
+    result = compare(data, config, log=log)
+    result["settings"]["wall_seconds"] = round(time.time() - started, 1)
+    if args.subset is not None:
+        result["settings"]["subset"] = args.subset
+    write_outputs(args.out, result)
+    print(f"results: {os.path.join(args.out, 'results.md')}")
+    return 0
