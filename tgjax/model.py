@@ -1,9 +1,20 @@
 """The search network: a shared backbone, K stacked branches, K x N heads.
 
 Any Flax linen modules serve as backbone, branch and head. The K branches are
-one module applied with ``jax.vmap`` over parameters stacked on a leading
-`groups` axis; the heads are one module vmapped over `[groups, tasks]`. No
-Python loop over groups or tasks runs in the hot path.
+one module whose parameters are stacked on a leading `groups` axis; the heads
+are one module vmapped over `[groups, tasks]`. No Python loop over tasks runs
+in the hot path.
+
+How the K branches are evaluated is a per-backend choice with the same
+parameters and results: ``jax.vmap`` over the `groups` axis, or a trace-time
+loop that applies the branch K times to slices of the stacked parameters.
+vmap turns K convolutions with different kernels into one grouped
+convolution (``feature_group_count=K``), which accelerators run well but
+XLA:CPU runs through a slow generic path (tens of times slower than K plain
+convolutions); the loop keeps K ordinary convolutions that XLA:CPU hands to
+its fast kernels. Dense layers batch well on every backend.
+``branch_strategy="auto"`` therefore picks the loop for branches with
+convolutions on CPU and vmap everywhere else.
 
 After the search, :func:`prune` keeps only the branches some task picked and
 each task's selected head. The pruned network has parameters stacked as
@@ -24,6 +35,7 @@ import numpy as np
 
 Array = jax.Array
 INITS = ("tied", "independent")
+BRANCH_STRATEGIES = ("auto", "vmap", "loop")
 
 
 class MLP(nn.Module):
@@ -63,7 +75,9 @@ class CelebAEncoder(nn.Module):
         h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
         r = conv_bn(nn.relu(conv_bn(h)))
         h = nn.relu(h + r)
-        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        # A sum pool times a float constant: nn.avg_pool divides by an int
+        # window size, which strict dtype promotion rejects.
+        h = 0.25 * nn.pool(h, 0.0, jax.lax.add, (2, 2), (2, 2), "VALID")
         return h.reshape((h.shape[0], -1))
 
 
@@ -102,6 +116,11 @@ class GroupedModel:
       init: ``"tied"`` (default, as the reference: all K branches start
         identical and so do the K copies of each task head) or
         ``"independent"``.
+      branch_strategy: how the K branches run: ``"vmap"`` (one batched
+        computation), ``"loop"`` (K calls unrolled at trace time) or
+        ``"auto"`` (default: ``"loop"`` on CPU for a branch containing a
+        convolution, ``"vmap"`` otherwise). Parameters, outputs and gradients
+        are the same for all three.
 
     Modules whose ``__call__`` takes ``train`` get it; batch statistics and
     other non-parameter collections are carried as model state.
@@ -113,6 +132,7 @@ class GroupedModel:
     num_tasks: int
     backbone: nn.Module | None = None
     init: str = "tied"
+    branch_strategy: str = "auto"
 
     def __post_init__(self):
         for name in ("num_groups", "num_tasks"):
@@ -121,6 +141,49 @@ class GroupedModel:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
+        if self.branch_strategy not in BRANCH_STRATEGIES:
+            raise ValueError(
+                f"branch_strategy must be one of {BRANCH_STRATEGIES}, "
+                f"got {self.branch_strategy!r}."
+            )
+
+    def resolved_branch_strategy(self, x: Array) -> str:
+        """``"vmap"`` or ``"loop"``: the strategy used for inputs like ``x``.
+
+        Args:
+          x: `[batch, ...]` example inputs (only shapes matter).
+        """
+        if self.branch_strategy != "auto":
+            return self.branch_strategy
+        params, state = jax.eval_shape(self.init_variables, jax.random.key(0), x)
+        h = x
+        if self.backbone is not None:
+            h = jax.eval_shape(
+                lambda p, s, x: _apply(
+                    self.backbone, {"params": p, **s}, x, False, None
+                )[0],
+                params["backbone"],
+                state["backbone"],
+                x,
+            )
+        return self._auto_strategy(h, params["branches"], state["branches"])
+
+    def _auto_strategy(self, h, branch_params, branch_state) -> str:
+        """Resolves ``"auto"`` at trace time from the backend and the branch."""
+        if self.branch_strategy != "auto":
+            return self.branch_strategy
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        one = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+            (branch_params, branch_state),
+        )
+        jaxpr = jax.make_jaxpr(
+            lambda p, s, h: _apply(self.branch, {"params": p, **s}, h, False, None)
+        )(*one, jax.ShapeDtypeStruct(h.shape, h.dtype))
+        # The printed jaxpr includes nested calls, so this finds convolutions
+        # at any depth of the branch.
+        return "loop" if "conv_general_dilated" in str(jaxpr) else "vmap"
 
     def init_variables(self, key: Array, x: Array) -> tuple[dict, dict]:
         """Initialises parameters and model state from one example batch.
@@ -181,9 +244,22 @@ class GroupedModel:
         def one_branch(p, s, r):
             return _apply(self.branch, {"params": p, **s}, h, train, r)
 
-        feats, br_state = jax.vmap(
-            one_branch, in_axes=(0, 0, 0 if br_rngs is not None else None)
-        )(params["branches"], state["branches"], br_rngs)
+        strategy = self._auto_strategy(h, params["branches"], state["branches"])
+        if strategy == "vmap":
+            feats, br_state = jax.vmap(
+                one_branch, in_axes=(0, 0, 0 if br_rngs is not None else None)
+            )(params["branches"], state["branches"], br_rngs)
+        else:
+            outs = [
+                one_branch(
+                    jax.tree.map(lambda a, k=k: a[k], params["branches"]),
+                    jax.tree.map(lambda a, k=k: a[k], state["branches"]),
+                    None if br_rngs is None else br_rngs[k],
+                )
+                for k in range(n_br)
+            ]
+            feats = jnp.stack([f for f, _ in outs])
+            br_state = jax.tree.map(lambda *a: jnp.stack(a), *[s for _, s in outs])
         return feats, {"backbone": bb_state, "branches": br_state}
 
     def apply(self, params, state, x, *, train: bool = False, rng=None):
