@@ -1,9 +1,20 @@
 """The search network: a shared backbone, K stacked branches, K x N heads.
 
 Any Flax linen modules serve as backbone, branch and head. The K branches are
-one module applied with ``jax.vmap`` over parameters stacked on a leading
-`groups` axis; the heads are one module vmapped over `[groups, tasks]`. No
-Python loop over groups or tasks runs in the hot path.
+one module whose parameters are stacked on a leading `groups` axis; the heads
+are one module vmapped over `[groups, tasks]`. No Python loop over tasks runs
+in the hot path.
+
+How the K branches are evaluated is a per-backend choice with the same
+parameters and results: ``jax.vmap`` over the `groups` axis, or a trace-time
+loop that applies the branch K times to slices of the stacked parameters.
+vmap turns K convolutions with different kernels into one grouped
+convolution (``feature_group_count=K``), which accelerators run well but
+XLA:CPU runs through a slow generic path (tens of times slower than K plain
+convolutions); the loop keeps K ordinary convolutions that XLA:CPU hands to
+its fast kernels. Dense layers batch well on every backend.
+``branch_strategy="auto"`` therefore picks the loop for branches with
+convolutions on CPU and vmap everywhere else.
 
 After the search, :func:`prune` keeps only the branches some task picked and
 each task's selected head. The pruned network has parameters stacked as
@@ -24,6 +35,7 @@ import numpy as np
 
 Array = jax.Array
 INITS = ("tied", "independent")
+BRANCH_STRATEGIES = ("auto", "vmap", "loop")
 
 
 class MLP(nn.Module):
@@ -43,6 +55,28 @@ class MLP(nn.Module):
         return x
 
 
+def max_pool_3x3_stride2(h: Array) -> Array:
+    """3x3 max-pool, stride 2, VALID padding, on `[batch, height, width, C]`.
+
+    The same values as ``nn.max_pool(h, (3, 3), (2, 2), "VALID")``, computed
+    as a separable maximum of strided slices. The gradient of a window max
+    (select-and-scatter) takes a slow path on XLA:CPU, several times slower
+    than the elementwise selects this form differentiates into. Tied maxima
+    share the gradient equally instead of all of it going to the first; after
+    a ReLU ties are zeros, whose gradient the ReLU stops anyway.
+    """
+
+    def pool_axis(a, axis):
+        n = (a.shape[axis] - 3) // 2 + 1
+        taps = [
+            jax.lax.slice_in_dim(a, i, i + 2 * (n - 1) + 1, 2, axis=axis)
+            for i in range(3)
+        ]
+        return jnp.maximum(jnp.maximum(taps[0], taps[1]), taps[2])
+
+    return pool_axis(pool_axis(h, 1), 2)
+
+
 class CelebAEncoder(nn.Module):
     """The CelebA group encoder of the DMTG paper, on `[batch, 64, 64, 3]`.
 
@@ -60,10 +94,12 @@ class CelebAEncoder(nn.Module):
             return nn.BatchNorm(use_running_average=not train, momentum=0.9)(h)
 
         h = nn.relu(conv_bn(x))
-        h = nn.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
+        h = max_pool_3x3_stride2(h)
         r = conv_bn(nn.relu(conv_bn(h)))
         h = nn.relu(h + r)
-        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        # A sum pool times a float constant: nn.avg_pool divides by an int
+        # window size, which strict dtype promotion rejects.
+        h = 0.25 * nn.pool(h, 0.0, jax.lax.add, (2, 2), (2, 2), "VALID")
         return h.reshape((h.shape[0], -1))
 
 
@@ -87,10 +123,6 @@ def _first(tree):
     return jax.tree.map(lambda a: a[0], tree)
 
 
-def _expand(tree):
-    return jax.tree.map(lambda a: a[None], tree)
-
-
 def _split(variables) -> tuple[dict, dict]:
     variables = dict(variables)
     return variables.pop("params", {}), variables
@@ -110,6 +142,11 @@ class GroupedModel:
       init: ``"tied"`` (default, as the reference: all K branches start
         identical and so do the K copies of each task head) or
         ``"independent"``.
+      branch_strategy: how the K branches run: ``"vmap"`` (one batched
+        computation), ``"loop"`` (K calls unrolled at trace time) or
+        ``"auto"`` (default: ``"loop"`` on CPU for a branch containing a
+        convolution, ``"vmap"`` otherwise). Parameters, outputs and gradients
+        are the same for all three.
 
     Modules whose ``__call__`` takes ``train`` get it; batch statistics and
     other non-parameter collections are carried as model state.
@@ -121,6 +158,7 @@ class GroupedModel:
     num_tasks: int
     backbone: nn.Module | None = None
     init: str = "tied"
+    branch_strategy: str = "auto"
 
     def __post_init__(self):
         for name in ("num_groups", "num_tasks"):
@@ -129,6 +167,49 @@ class GroupedModel:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}.")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
+        if self.branch_strategy not in BRANCH_STRATEGIES:
+            raise ValueError(
+                f"branch_strategy must be one of {BRANCH_STRATEGIES}, "
+                f"got {self.branch_strategy!r}."
+            )
+
+    def resolved_branch_strategy(self, x: Array) -> str:
+        """``"vmap"`` or ``"loop"``: the strategy used for inputs like ``x``.
+
+        Args:
+          x: `[batch, ...]` example inputs (only shapes matter).
+        """
+        if self.branch_strategy != "auto":
+            return self.branch_strategy
+        params, state = jax.eval_shape(self.init_variables, jax.random.key(0), x)
+        h = x
+        if self.backbone is not None:
+            h = jax.eval_shape(
+                lambda p, s, x: _apply(
+                    self.backbone, {"params": p, **s}, x, False, None
+                )[0],
+                params["backbone"],
+                state["backbone"],
+                x,
+            )
+        return self._auto_strategy(h, params["branches"], state["branches"])
+
+    def _auto_strategy(self, h, branch_params, branch_state) -> str:
+        """Resolves ``"auto"`` at trace time from the backend and the branch."""
+        if self.branch_strategy != "auto":
+            return self.branch_strategy
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        one = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype),
+            (branch_params, branch_state),
+        )
+        jaxpr = jax.make_jaxpr(
+            lambda p, s, h: _apply(self.branch, {"params": p, **s}, h, False, None)
+        )(*one, jax.ShapeDtypeStruct(h.shape, h.dtype))
+        # The printed jaxpr includes nested calls, so this finds convolutions
+        # at any depth of the branch.
+        return "loop" if "conv_general_dilated" in str(jaxpr) else "vmap"
 
     def init_variables(self, key: Array, x: Array) -> tuple[dict, dict]:
         """Initialises parameters and model state from one example batch.
@@ -189,17 +270,24 @@ class GroupedModel:
         def one_branch(p, s, r):
             return _apply(self.branch, {"params": p, **s}, h, train, r)
 
-        if n_br == 1:
-            # A single branch is a plain call, so K = 1 is exactly plain MTL.
-            f, s = one_branch(
-                _first(params["branches"]),
-                _first(state["branches"]),
-                None if br_rngs is None else br_rngs[0],
-            )
-            return f[None], {"backbone": bb_state, "branches": _expand(s)}
-        feats, br_state = jax.vmap(
-            one_branch, in_axes=(0, 0, 0 if br_rngs is not None else None)
-        )(params["branches"], state["branches"], br_rngs)
+        # One branch is a plain call (so K = 1 is exactly plain multi-task
+        # learning); otherwise the strategy picks vmap or an unrolled loop.
+        strategy = self._auto_strategy(h, params["branches"], state["branches"])
+        if strategy == "vmap" and n_br > 1:
+            feats, br_state = jax.vmap(
+                one_branch, in_axes=(0, 0, 0 if br_rngs is not None else None)
+            )(params["branches"], state["branches"], br_rngs)
+        else:
+            outs = [
+                one_branch(
+                    jax.tree.map(lambda a, k=k: a[k], params["branches"]),
+                    jax.tree.map(lambda a, k=k: a[k], state["branches"]),
+                    None if br_rngs is None else br_rngs[k],
+                )
+                for k in range(n_br)
+            ]
+            feats = jnp.stack([f for f, _ in outs])
+            br_state = jax.tree.map(lambda *a: jnp.stack(a), *[s for _, s in outs])
         return feats, {"backbone": bb_state, "branches": br_state}
 
     def apply(self, params, state, x, *, train: bool = False, rng=None):
