@@ -7,13 +7,10 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-os.environ["JAX_PLATFORMS"] = "cpu"
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import tgjax  # noqa: E402
-from tgjax.distributed import initialize  # noqa: E402
+import tgjax
+from tgjax.distributed import initialize
 
 CONFIG = dict(
     groups=4,
@@ -61,4 +58,8 @@ def main():
 
 
 if __name__ == "__main__":
+    # Read when JAX first starts its backend, so before any device is used;
+    # set only here, as the test imports this module for its settings.
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    os.environ["JAX_PLATFORMS"] = "cpu"
     main()

@@ -169,8 +169,12 @@ def run_search(
     Raises:
       FileNotFoundError: if ``resume`` finds no readable checkpoint.
       ValueError: if ``checkpoints`` already holds checkpoints and
-        ``resume`` is False.
+        ``resume`` is False, or ``resume`` is True without ``checkpoints``.
     """
+    if resume and checkpoints is None:
+        raise ValueError(
+            "resume=True needs the checkpoints to resume from; pass checkpoints."
+        )
     n = len(x)
     steps_per_epoch = n // batch_size
     total = steps_per_epoch * epochs
