@@ -1,6 +1,8 @@
 """tgjax: one-shot differentiable multi-task grouping (DMTG) in JAX."""
 
+from tgjax.checkpoint import Checkpoints, load_checkpoint
 from tgjax.config import RunConfig
+from tgjax.distributed import make_mesh
 from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
 from tgjax.pipeline import FitResult, fit, fit_arrays
 from tgjax.relax import (
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CelebAEncoder",
+    "Checkpoints",
     "FitResult",
     "GroupedModel",
     "MLP",
@@ -37,8 +40,10 @@ __all__ = [
     "grouping_loss",
     "gumbel_softmax",
     "init_state",
+    "load_checkpoint",
     "loss_matrix",
     "make_epoch_fn",
+    "make_mesh",
     "make_optimizer",
     "make_train_step",
     "prune",

@@ -110,6 +110,45 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=None)
     run.add_argument("--log-every", type=int, default=None, help="steps per log line")
 
+    scale = p.add_argument_group("devices, checkpoints and resuming")
+    scale.add_argument(
+        "--mesh",
+        default=None,
+        metavar="data=D,groups=G",
+        help="device mesh of the search: batch split over D devices, the K "
+        "branches over G (default: all devices on data)",
+    )
+    scale.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="search steps between checkpoints (default 0: every epoch's end)",
+    )
+    scale.add_argument(
+        "--keep-checkpoints", type=int, default=None, help="newest checkpoints kept (3)"
+    )
+    scale.add_argument(
+        "--resume",
+        default=None,
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its newest readable checkpoint",
+    )
+    scale.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="multi-process run: address of process 0's coordinator",
+    )
+    scale.add_argument("--num-processes", type=int, default=None)
+    scale.add_argument("--process-id", type=int, default=None)
+    scale.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-process run configured by the environment (TPU pod, SLURM, "
+        "JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID)",
+    )
+
     out = p.add_argument_group("output")
     out.add_argument(
         "--out", default=None, help="run folder (default: runs/<data>-<method>-<time>)"
@@ -153,7 +192,11 @@ _FLAG_TO_SETTING = {
     "baseline": "baseline",
     "seed": "seed",
     "log_every": "log_every",
+    "mesh": "mesh",
+    "checkpoint_every": "checkpoint_every",
+    "keep_checkpoints": "keep_checkpoints",
 }
+_DATA_FLAGS = ("dataset", "data", "task_columns", "tasks", "data_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,43 +339,119 @@ class _Progress:
             self.bar = None
 
 
+def _start_processes(args) -> None:
+    """Joins JAX's multi-process runtime when the flags ask for it."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if args.distributed or any(v is not None for v in explicit):
+        from tgjax.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _sync(name: str) -> None:
+    """Waits for every process (a no-op in a single-process run)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _resume_settings(args):
+    """Config and data flags of the run folder given to --resume."""
+    from tgjax.config import RunConfig
+    from tgjax.runio import read_json
+
+    given = [
+        f for f in (*_FLAG_TO_SETTING, *_DATA_FLAGS, "config", "out") if f != "mesh"
+    ]
+    given = [f for f in given if getattr(args, f) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        raise ValueError(
+            f"--resume takes its settings from {args.resume}/config.json; drop "
+            f"{flags} (only --mesh may change)."
+        )
+    path = os.path.join(args.resume, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"--resume {args.resume}: no config.json there; pass the folder of a "
+            "run started by 'tgjax train'."
+        )
+    settings = read_json(path)
+    values = dict(settings["run"])
+    if args.mesh is not None:
+        values["mesh"] = args.mesh
+    if "flags" not in settings.get("data", {}):
+        raise ValueError(
+            f"{path} does not record the data flags of the run (it was written by "
+            "an older tgjax); start the run again."
+        )
+    for flag, value in settings["data"]["flags"].items():
+        setattr(args, flag, value)
+    return RunConfig.from_dict(values), settings
+
+
 def cmd_train(args) -> int:
+    import jax
     import numpy as np
 
     import tgjax
-    from tgjax.checkpoint import save_checkpoint
+    from tgjax.checkpoint import Checkpoints, save_checkpoint
     from tgjax.figures import plot_assignment_history
-    from tgjax.runio import JsonLines, write_json
+    from tgjax.resume import ResumableLog
+    from tgjax.runio import read_jsonl, write_json
     from tgjax.validate import NumericalError, check_fit_inputs
 
-    # Validate everything before the run folder is touched.
-    config = _config_from_args(args)
-    data = _load_data(args)
-    for note in check_fit_inputs(data, config):
-        print(f"tgjax: note: {note}", file=sys.stderr)
-    out = _prepare_out(args, data, config)
+    _start_processes(args)
+    lead = jax.process_index() == 0
 
-    settings = {
-        "data": {
-            "name": data.name,
-            "source": args.data or "builtin",
-            "tasks": [t.to_dict() for t in data.tasks],
-            "examples": {
-                "train": len(data.train),
-                "val": len(data.val),
-                "test": len(data.test),
+    # Validate everything before the run folder is touched.
+    if args.resume:
+        config, settings = _resume_settings(args)
+        data = _load_data(args)
+        check_fit_inputs(data, config)
+        out = args.resume
+    else:
+        config = _config_from_args(args)
+        data = _load_data(args)
+        for note in check_fit_inputs(data, config):
+            if lead:
+                print(f"tgjax: note: {note}", file=sys.stderr)
+        out = _prepare_out(args, data, config) if lead else args.out
+        settings = {
+            "data": {
+                "name": data.name,
+                "source": args.data or "builtin",
+                "flags": {f: getattr(args, f) for f in _DATA_FLAGS},
+                "tasks": [t.to_dict() for t in data.tasks],
+                "examples": {
+                    "train": len(data.train),
+                    "val": len(data.val),
+                    "test": len(data.test),
+                },
             },
-        },
-        "run": config.to_dict(),
-        "tgjax_version": tgjax.__version__,
-    }
-    write_json(os.path.join(out, "config.json"), settings)
-    log = JsonLines(os.path.join(out, "metrics.jsonl"), "w")
+            "run": config.to_dict(),
+            "tgjax_version": tgjax.__version__,
+        }
+        if lead:
+            write_json(os.path.join(out, "config.json"), settings)
+    _sync("run folder ready")
+    if out is None:
+        raise ValueError("A multi-process run needs --out, the same in every process.")
+    metrics_path = os.path.join(out, "metrics.jsonl")
+    log = ResumableLog(metrics_path) if lead else _NullLog()
+    checkpoints = Checkpoints(
+        os.path.join(out, "checkpoints"), keep=config.keep_checkpoints
+    )
+    steps_per_epoch = len(data.train) // config.batch_size
     boards = []
 
-    def callback(log, name):
-        progress = _Progress(log, args.quiet, name)
-        if not args.tensorboard:
+    def observer(log, name):
+        """Progress bar, plus TensorBoard logs with --tensorboard."""
+        progress = _Progress(log, args.quiet or not lead, name)
+        if not args.tensorboard or not lead:
             return progress
         from tgjax.tblog import TensorBoardLog
 
@@ -342,15 +461,33 @@ def cmd_train(args) -> int:
         boards.append(board)
         return _Fanout(progress, board)
 
+    progress = observer(log, config.baseline or "dmtg")
+
+    def callback(event, payload):
+        if event == "resume" and lead:
+            for step, reason in payload["skipped"]:
+                print(
+                    f"tgjax: checkpoint {step} is damaged and was skipped ({reason})",
+                    file=sys.stderr,
+                )
+            log.rewind(payload["step"], steps_per_epoch)
+            print(f"tgjax: resuming at step {payload['step']}", file=sys.stderr)
+        progress(event, payload)
+
     started = time.time()
     try:
-        method = config.baseline or "dmtg"
-        result = tgjax.fit(data, config, callback=callback(log, method))
+        result = tgjax.fit(
+            data,
+            config,
+            callback=callback,
+            checkpoints=checkpoints,
+            resume=bool(args.resume),
+        )
         baselines = {}
         if args.with_baselines and config.baseline is None:
             for name in ("mtl", "stl"):
                 base_cfg = dataclasses.replace(config, baseline=name)
-                res = tgjax.fit(data, base_cfg, callback=callback(_NullLog(), name))
+                res = tgjax.fit(data, base_cfg, callback=observer(_NullLog(), name))
                 baselines[name] = {
                     "groups": res.groups,
                     "test": res.test,
@@ -366,9 +503,31 @@ def cmd_train(args) -> int:
         ) from e
     finally:
         log.close()
+        checkpoints.close()
         for board in boards:
             board.close()
     seconds = time.time() - started
+
+    final = os.path.join(out, "checkpoint")
+    if lead and os.path.exists(final):  # left by an earlier attempt of a resume
+        shutil.rmtree(final)
+    _sync("final checkpoint")
+    save_checkpoint(
+        final,
+        jax.device_get(
+            {
+                "search": result.search_state,
+                "pruned": {
+                    "params": result.pruned.params,
+                    "state": result.pruned.state,
+                    "kept": np.asarray(result.pruned.kept),
+                    "task_branch": np.asarray(result.pruned.task_branch),
+                },
+            }
+        ),
+    )
+    if not lead:
+        return 0
 
     write_json(os.path.join(out, "groups.json"), result.groups_json())
     results = {
@@ -382,25 +541,15 @@ def cmd_train(args) -> int:
     if baselines:
         results["baselines"] = baselines
     write_json(os.path.join(out, "results.json"), results)
-    if result.history:
+    # The whole log, so that a resumed run plots its steps before the resume.
+    history = [r for r in read_jsonl(metrics_path) if "step" in r]
+    if history:
         plot_assignment_history(
-            [h["step"] for h in result.history],
-            np.array([h["probabilities"] for h in result.history]),
+            [h["step"] for h in history],
+            np.array([h["probabilities"] for h in history]),
             result.tasks,
             os.path.join(out, "assignment.png"),
         )
-    save_checkpoint(
-        os.path.join(out, "checkpoint"),
-        {
-            "search": result.search_state,
-            "pruned": {
-                "params": result.pruned.params,
-                "state": result.pruned.state,
-                "kept": np.asarray(result.pruned.kept),
-                "task_branch": np.asarray(result.pruned.task_branch),
-            },
-        },
-    )
     _print_summary(result, results, out)
     return 0
 
@@ -418,6 +567,12 @@ class _Fanout:
 
 class _NullLog:
     def write(self, record):
+        pass
+
+    def rewind(self, step, steps_per_epoch):
+        return 0
+
+    def close(self):
         pass
 
 

@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from tgjax.distributed import parse_mesh
 from tgjax.model import INITS
 from tgjax.relax import TAU_SCHEDULES
 from tgjax.train import SAMPLE_SCOPES, SAMPLES
@@ -49,7 +50,9 @@ class RunConfig:
       tau_schedule: "constant", "exponential" or "cosine".
       tau_final: floor of a decaying schedule, reached at the search's end.
       sample: "relaxed" (reference) or "straight_through".
-      sample_scope: "batch" (one assignment per step, reference) or "example".
+      sample_scope: "batch" (one assignment per step for the whole global
+        batch, reference), "example" or "device" (one assignment per slice
+        of the batch on each data-parallel device).
       init: "tied" (reference) or "independent" branch initialisation.
       assignment_noise: std of the noise added to S's all-ones start.
       entropy_weight: weight of the mean entropy of softmax(S) (0 = off).
@@ -59,6 +62,13 @@ class RunConfig:
         to the identity).
       seed: seed of initialisation, sampling and data order.
       log_every: steps between lines of metrics.jsonl.
+      mesh: device mesh of the search, such as "data=4,groups=2" (see
+        :func:`tgjax.distributed.parse_mesh`); None puts all devices on the
+        data axis.
+      checkpoint_every: search steps between checkpoints; 0 saves one at the
+        end of every epoch. Only used when :func:`tgjax.fit` is given a
+        checkpoint folder.
+      keep_checkpoints: how many of the newest checkpoints are kept.
     """
 
     groups: int = 4
@@ -82,6 +92,9 @@ class RunConfig:
     baseline: str | None = None
     seed: int = 0
     log_every: int = 10
+    mesh: str | None = None
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
 
     def __post_init__(self):
         def fix(name):
@@ -122,6 +135,15 @@ class RunConfig:
         integer("batch_size", 1)
         integer("seed", 0)
         integer("log_every", 1)
+        integer("checkpoint_every", 0)
+        integer("keep_checkpoints", 1)
+        if self.mesh is not None:
+            if not isinstance(self.mesh, str):
+                raise ValueError(
+                    f"mesh must be a string such as 'data=4,groups=2', got "
+                    f"{self.mesh!r}."
+                )
+            parse_mesh(self.mesh)
         positive("learning_rate")
         positive("assignment_learning_rate", allow_none=True)
         positive("weight_decay", allow_zero=True)

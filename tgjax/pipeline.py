@@ -9,6 +9,7 @@ and logging are the caller's: pass ``callback`` to receive events.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,10 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tgjax.checkpoint import Checkpoints
 from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData, from_arrays
+from tgjax.distributed import check_fits, make_mesh, replicated
 from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
 from tgjax.relax import read_groups, temperature_schedule
+from tgjax.search import run_search, to_local
 from tgjax.tasks import (
     Task,
     TaskCodes,
@@ -35,7 +39,6 @@ from tgjax.train import (
     evaluate_outputs,
     hard_outputs,
     init_state,
-    make_epoch_fn,
     make_optimizer,
     make_train_step,
 )
@@ -232,6 +235,10 @@ def make_pruned_epoch_fn(
     return jax.jit(epoch, donate_argnums=0)
 
 
+def _raise_fault(metrics: dict, index: int, first: int, tasks) -> None:
+    raise NumericalError(fault_message(metrics, index, first + index, tasks))
+
+
 def _emit(callback: Callback | None, event: str, payload: dict) -> None:
     if callback is not None:
         callback(event, payload)
@@ -242,12 +249,24 @@ def fit(
     config: RunConfig | None = None,
     *,
     callback: Callback | None = None,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Runs search, group read-out, pruning, fine-tuning and test evaluation.
+
+    The search runs on the device mesh of ``config.mesh`` (all devices on the
+    data axis by default; see :mod:`tgjax.distributed`); pruning,
+    fine-tuning and evaluation run on each process's default device.
 
     Args:
       data: the multi-task data set with its splits.
       config: settings; ``RunConfig()`` by default.
+      checkpoints: where the search saves its state every
+        ``config.checkpoint_every`` steps (and at its end); None saves none.
+      resume: continue the search from the newest readable checkpoint in
+        ``checkpoints``. Fine-tuning is not checkpointed: it is restarted
+        from the final search state, and with the same seed it repeats the
+        same steps.
       callback: optional ``callback(event, payload)``. Events: ``"start"``
         (phase, epochs, steps_per_epoch), ``"log"`` (one logged search step:
         step, epoch, loss, tau, learning_rate, assignment_learning_rate,
@@ -301,18 +320,21 @@ def fit(
     )
     root = jax.random.key(config.seed)
     k_init, k_data = jax.random.split(root)
-    x_train = jnp.asarray(data.train.x)
-    # NaN marks a missing label: device_put moves it without an operation that
-    # jax_debug_nans would flag.
-    y_train = jax.device_put(np.asarray(data.train.y, np.float32))
-    state = init_state(
-        model,
-        optimizer,
-        k_init,
-        x_train[:2],
-        assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
-        assignment_noise=config.assignment_noise,
-    )
+    del k_init  # drawn again inside the compiled initialisation
+    x_example = np.asarray(data.train.x[:2])
+    mesh = make_mesh(config.mesh)
+    check_fits(mesh, num_groups=k, batch_size=config.batch_size)
+
+    def init():
+        return init_state(
+            model,
+            optimizer,
+            jax.random.split(jax.random.key(config.seed))[0],
+            x_example,
+            assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
+            assignment_noise=config.assignment_noise,
+        )
+
     if config.tau_schedule == "constant":
         tau_fn = temperature_schedule("constant", config.tau)
     else:
@@ -330,57 +352,19 @@ def fit(
         sample_scope=config.sample_scope,
         entropy_weight=config.entropy_weight,
         fixed_assignment=jnp.eye(n_tasks, dtype=jnp.float32) if stl else None,
+        sample_shards=mesh.shape["data"],
     )
-    epoch_fn = make_epoch_fn(step.core, tau_fn, config.batch_size)
     lr_fn = lr if callable(lr) else (lambda _s, v=lr: v)
     lr_s_fn = lr_s if callable(lr_s) else (lambda _s, v=lr_s: v)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=replicated(mesh))
     def val_outputs(params, mstate, x, groups):
         return hard_outputs(model, params, mstate, x, groups)
 
-    # Stage 1: the one-shot search.
-    history: list[dict] = []
-    _emit(
-        callback,
-        "start",
-        {
-            "phase": "search",
-            "epochs": config.epochs,
-            "steps_per_epoch": steps_per_epoch,
-        },
-    )
-    for epoch in range(config.epochs):
-        first = int(state.step)
-        state, metrics = epoch_fn(
-            state, x_train, y_train, jax.random.fold_in(k_data, epoch)
-        )
-        metrics = jax.device_get(metrics)
-        # Steps before a fault are logged, so the metrics so far are kept.
-        fault = find_fault(metrics)
-        for j in range(steps_per_epoch if fault is None else fault):
-            s = first + j
-            if s % config.log_every == 0 or j == steps_per_epoch - 1:
-                record = {
-                    "phase": "search",
-                    "step": s,
-                    "epoch": epoch,
-                    "loss": float(metrics["loss"][j]),
-                    "tau": float(metrics["tau"][j]),
-                    "learning_rate": float(lr_fn(s)),
-                    "assignment_learning_rate": 0.0 if stl else float(lr_s_fn(s)),
-                    "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
-                    "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
-                }
-                history.append(record)
-                _emit(callback, "log", record)
-        if fault is not None:
-            raise NumericalError(fault_message(metrics, fault, first + fault, tasks))
-        groups_now = read_groups(state.assignment)
+    def epoch_end(st, epoch, losses):
+        groups_now = read_groups(st.assignment)
         val = evaluate(
-            lambda xb, g=groups_now, st=state: val_outputs(
-                st.params, st.model_state, xb, g
-            ),
+            lambda xb: val_outputs(st.params, st.model_state, xb, groups_now),
             data.val.x,
             data.val.y,
             data,
@@ -391,12 +375,49 @@ def fit(
             {
                 "phase": "search",
                 "epoch": epoch,
-                "train_loss": float(np.mean(metrics["loss"])),
-                "tau": float(metrics["tau"][-1]),
+                "train_loss": float(np.mean(losses)),
+                "tau": float(tau_fn(int(st.step) - 1)),
                 "val_total_loss": val["total_loss"],
                 "non_empty_groups": int(len(np.unique(groups_now))),
             },
         )
+
+    # Stage 1: the one-shot search.
+    _emit(
+        callback,
+        "start",
+        {
+            "phase": "search",
+            "epochs": config.epochs,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    )
+    state, history = run_search(
+        init,
+        step.core,
+        tau_fn,
+        x=np.asarray(data.train.x),
+        y=np.asarray(data.train.y),
+        seed=config.seed,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        mesh=mesh,
+        log_every=config.log_every,
+        learning_rate=lr_fn,
+        assignment_learning_rate=(lambda _s: 0.0) if stl else lr_s_fn,
+        checkpoints=checkpoints,
+        checkpoint_every=config.checkpoint_every,
+        resume=resume,
+        callback=callback,
+        check=lambda metrics, index, first: _raise_fault(metrics, index, first, tasks),
+        epoch_end=epoch_end,
+    )
+    # The later stages are small: every process runs them on its own copy.
+    state = to_local(state, mesh)
+    x_train = jnp.asarray(data.train.x)
+    # NaN marks a missing label: device_put moves it without an operation that
+    # jax_debug_nans would flag.
+    y_train = jax.device_put(np.asarray(data.train.y, np.float32))
 
     # Stage 2: read the groups off S and prune.
     assignment = read_groups(state.assignment)

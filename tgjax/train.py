@@ -38,7 +38,7 @@ from tgjax.tasks import (
 
 Array = jax.Array
 SAMPLES = ("relaxed", "straight_through")
-SAMPLE_SCOPES = ("batch", "example")
+SAMPLE_SCOPES = ("batch", "example", "device")
 
 
 class SearchState(NamedTuple):
@@ -285,6 +285,7 @@ def make_train_step(
     entropy_weight: float = 0.0,
     fixed_assignment: Array | None = None,
     loss_fn: Callable[[Array, Any], Array] | None = None,
+    sample_shards: int = 1,
     jit: bool = True,
 ) -> Callable[[SearchState, dict, Any], tuple[SearchState, dict]]:
     """Builds the pure search step ``step(state, batch, tau) -> (state, metrics)``.
@@ -295,14 +296,18 @@ def make_train_step(
       optimizer: the transformation the state was initialised with.
       sample: ``"relaxed"`` (Gumbel-softmax, the reference) or
         ``"straight_through"``.
-      sample_scope: ``"batch"`` (one assignment per step, the reference) or
-        ``"example"`` (an independent assignment per example).
+      sample_scope: ``"batch"`` (one assignment per step, the reference),
+        ``"example"`` (an independent assignment per example) or ``"device"``
+        (an independent assignment for each of ``sample_shards`` equal,
+        contiguous slices of the batch: one per data-parallel device).
       entropy_weight: weight of the mean row entropy of softmax(S) added to
         the objective (> 0 pushes rows towards one-hot).
       fixed_assignment: `[tasks, groups]` z used instead of a sample (the
         single-task baseline is the identity with K = N).
       loss_fn: optional ``loss_fn(outputs, y) -> [tasks]`` replacing the
         built-in per-task losses (see :func:`loss_matrix`).
+      sample_shards: number of batch slices of ``sample_scope="device"``;
+        the batch size must be a multiple of it.
       jit: compile the step (on by default).
 
     Returns:
@@ -320,14 +325,19 @@ def make_train_step(
         raise ValueError(
             f"sample_scope must be one of {SAMPLE_SCOPES}, got {sample_scope!r}."
         )
-    if loss_fn is not None and sample_scope == "example":
+    if loss_fn is not None and sample_scope != "batch":
         raise ValueError(
-            "sample_scope='example' needs the built-in per-example losses; drop "
-            "loss_fn or use sample_scope='batch'."
+            f"sample_scope={sample_scope!r} needs the built-in per-example losses; "
+            "drop loss_fn or use sample_scope='batch'."
         )
+    if isinstance(sample_shards, bool) or not isinstance(sample_shards, int):
+        raise TypeError(f"sample_shards must be an int, got {sample_shards!r}.")
+    if sample_shards < 1:
+        raise ValueError(f"sample_shards must be >= 1, got {sample_shards}.")
     codes = TaskCodes.from_tasks(tasks)
     hard = sample == "straight_through"
-    per_example = sample_scope == "example" and fixed_assignment is None
+    per_example = sample_scope != "batch" and fixed_assignment is None
+    shards = sample_shards if sample_scope == "device" else None
     fixed = (
         None if fixed_assignment is None else jnp.asarray(fixed_assignment, jnp.float32)
     )
@@ -345,6 +355,14 @@ def make_train_step(
             s = trainable["assignment"]
             if fixed is not None:
                 z = fixed
+            elif shards is not None:
+                if x.shape[0] % shards:
+                    raise ValueError(
+                        f"The batch ({x.shape[0]}) must be a multiple of "
+                        f"sample_shards ({shards}) for sample_scope='device'."
+                    )
+                s_b = jnp.broadcast_to(s, (shards,) + s.shape)
+                z = gumbel_softmax(k_sample, s_b, tau, hard=hard)
             elif per_example:
                 s_b = jnp.broadcast_to(s, (x.shape[0],) + s.shape)
                 z = gumbel_softmax(k_sample, s_b, tau, hard=hard)
@@ -362,6 +380,8 @@ def make_train_step(
                 per_example=per_example,
                 loss_fn=loss_fn,
             )
+            if shards is not None:
+                lm = jnp.sum(lm.reshape((shards, -1) + lm.shape[1:]), axis=1)
             if per_example:
                 keep = present[None, :, None]
                 total = jnp.sum(jnp.where(keep, z * lm, 0.0))
