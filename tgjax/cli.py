@@ -94,7 +94,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--tau-final", type=float, default=None, help="tau at the end")
     run.add_argument("--sample", choices=("relaxed", "straight_through"), default=None)
-    run.add_argument("--sample-scope", choices=("batch", "example"), default=None)
+    run.add_argument(
+        "--sample-scope", choices=("batch", "example", "device"), default=None
+    )
     run.add_argument("--init", choices=("tied", "independent"), default=None)
     run.add_argument("--entropy-weight", type=float, default=None)
     run.add_argument("--branch", choices=("mlp", "celeba"), default=None)
