@@ -760,9 +760,9 @@ def render_markdown(result: dict) -> str:
 
 def plot_cost(result: dict, path) -> None:
     """Validation total (mean ± std over seeds) against branch steps."""
-    from tgjax.plots import _pyplot, save_figure
+    from tgjax.figures import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for m, s in result["summary"]["methods"].items():
         x = max(s["branch_steps"], 1.0)
