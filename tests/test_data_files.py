@@ -148,3 +148,29 @@ def test_fuzz_npz_fails_only_with_value_error(
         assert str(e)
         return
     assert np.isfinite(data.train.x).all()
+
+
+def test_csv_values_beyond_float32_are_refused(tmp_path):
+    import pytest
+
+    from tgjax.data.files import read_csv
+
+    path = tmp_path / "big.csv"
+    path.write_text("f1,task:a\n1e39,0\n0,1\n")
+    with pytest.raises(ValueError, match="float32 range"):
+        read_csv(path)
+
+
+def test_npz_values_beyond_float32_are_refused(tmp_path):
+    import numpy as np
+    import pytest
+
+    from tgjax.data.files import read_npz
+
+    path = tmp_path / "big.npz"
+    np.savez(path, x=np.array([[1e39], [0.0]]), a=np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="finite"):
+        read_npz(path)
+    np.savez(path, x=np.zeros((2, 1)), a=np.array([1e300, 1.0]))
+    with pytest.raises(ValueError, match="float32 range"):
+        read_npz(path)

@@ -82,6 +82,9 @@ def infer_task(name: str, labels: np.ndarray, kind: str | None = None) -> Task:
     return Task(name, "multiclass", num_classes=max(top + 1, 2))
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _cell(text: str, where: str, *, label: bool) -> float:
     t = text.strip()
     if label and t.lower() in MISSING:
@@ -95,6 +98,11 @@ def _cell(text: str, where: str, *, label: bool) -> float:
         raise ValueError(f"{where}: features must be finite, got {text!r}.")
     if label and np.isinf(value):
         raise ValueError(f"{where}: labels must be finite or empty, got {text!r}.")
+    if np.isfinite(value) and abs(value) > _FLOAT32_MAX:
+        raise ValueError(
+            f"{where}: {text!r} is beyond the float32 range (+-{_FLOAT32_MAX:.3g}) "
+            "that training uses; rescale the column."
+        )
     return value
 
 
@@ -219,7 +227,8 @@ def read_npz(
             f"{path}: 'x' must be a numeric array [examples, ...], got {x.dtype} "
             f"{x.shape}."
         )
-    x = x.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow becomes inf, refused below
+        x = x.astype(np.float32)
     if not np.all(np.isfinite(x)):
         bad = np.argwhere(~np.isfinite(x))[0].tolist()
         raise ValueError(f"{path}: features must be finite; x{bad} = {x[tuple(bad)]}.")
@@ -231,7 +240,14 @@ def read_npz(
                 f"{path}: task array {t!r} must be numeric of shape ({len(x)},) to "
                 f"match x; got {a.dtype} {a.shape}."
             )
-        cols.append(a.astype(np.float32))
+        with np.errstate(over="ignore"):
+            col = a.astype(np.float32)
+        if np.isinf(col).any():
+            raise ValueError(
+                f"{path}: task array {t!r} holds infinite labels or values beyond "
+                "the float32 range; use NaN for a missing label."
+            )
+        cols.append(col)
     return x, np.stack(cols, axis=1), names
 
 
