@@ -174,3 +174,33 @@ def test_npz_values_beyond_float32_are_refused(tmp_path):
     np.savez(path, x=np.zeros((2, 1)), a=np.array([1e300, 1.0]))
     with pytest.raises(ValueError, match="float32 range"):
         read_npz(path)
+
+
+def _labelled_csv(tmp_path):
+    rows = ["f1,f2,task:bin,task:cls,task:r"]
+    for i in range(30):
+        rows.append(f"{i * 0.5},{-i % 7},{i % 2},{i % 3},{i * 1.5}")
+    path = tmp_path / "labelled.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_unselected_task_columns_are_never_features(tmp_path):
+    path = _labelled_csv(tmp_path)
+    full = load_file(path)
+    assert full.task_names == ["bin", "cls", "r"]
+    assert full.train.x.shape[1] == 2
+    for tasks in (["bin"], ["task:bin"], ["r", "task:cls"]):
+        data = load_file(path, tasks=tasks)
+        assert data.train.x.shape[1] == 2, tasks
+        assert data.task_names == [t.removeprefix("task:") for t in tasks]
+    # The features are the non-task columns, unchanged by the task choice.
+    one = load_file(path, tasks=["bin"], standardize=False)
+    raw = load_file(path, standardize=False)
+    np.testing.assert_array_equal(one.train.x, raw.train.x)
+    data = load_file(path, tasks=["task:r"], kinds={"task:r": "regression"})
+    assert [t.kind for t in data.tasks] == ["regression"]
+    with pytest.raises(ValueError, match=r"no task column\(s\) \['nope'\]"):
+        load_file(path, tasks=["nope"])
+    with pytest.raises(ValueError, match=r"features \['task:cls'\] are task columns"):
+        load_file(path, tasks=["bin"], features=["f1", "task:cls"])

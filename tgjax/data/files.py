@@ -5,9 +5,12 @@
 unless ``tasks`` says otherwise). NaN marks a missing label.
 
 CSV: a header row, then one row per example. Task columns are the ones named
-in ``tasks``, or else every column whose header starts with ``task:`` (the
-task is named after the rest, so ``task:toxic`` is task ``toxic``); the
-features are the other columns, or the ones named in ``features``. Feature
+in ``tasks``, or else every column whose header starts with ``task:``. A task
+is named after its header without the prefix, so ``task:toxic`` is task
+``toxic``, and ``tasks`` may name it ``toxic`` or ``task:toxic``. The features
+are the ones named in ``features``, or else every column that is neither a
+chosen task nor headed ``task:``: a ``task:`` column left out of ``tasks`` is
+dropped, never used as a feature. Feature
 cells must hold finite numbers; an empty task cell, ``nan`` or ``NA`` is a
 missing label.
 
@@ -138,27 +141,50 @@ def read_csv(
         raise ValueError(
             f"{path}: column names must be unique and non-empty; got {header}."
         )
+    prefixed = [i for i, h in enumerate(header) if h.startswith(TASK_PREFIX)]
     if tasks is None:
-        task_cols = [i for i, h in enumerate(header) if h.startswith(TASK_PREFIX)]
-        names = [header[i][len(TASK_PREFIX) :] for i in task_cols]
+        task_cols = prefixed
         if not task_cols:
             raise ValueError(
                 f"{path}: no task columns; pass tasks=[column names] or name task "
                 f"columns '{TASK_PREFIX}<name>'. Columns: {header}."
             )
     else:
-        missing = [t for t in tasks if t not in header]
+        task_cols, missing = [], []
+        for t in tasks:
+            t = str(t).strip()
+            if t in header:
+                task_cols.append(header.index(t))
+            elif TASK_PREFIX + t in header:
+                task_cols.append(header.index(TASK_PREFIX + t))
+            else:
+                missing.append(t)
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
-        task_cols = [header.index(t) for t in tasks]
-        names = list(tasks)
+            raise ValueError(
+                f"{path}: no task column(s) {missing}; name a column as in the "
+                f"header, with or without '{TASK_PREFIX}'. Columns: {header}."
+            )
+    # Task names are bare: column 'task:toxic' is task 'toxic' however chosen.
+    names = [
+        header[i][len(TASK_PREFIX) :] if i in prefixed else header[i] for i in task_cols
+    ]
     if features is None:
-        feat_cols = [i for i in range(len(header)) if i not in task_cols]
+        # Columns headed 'task:' are labels, never features, even when unselected.
+        feat_cols = [
+            i for i in range(len(header)) if i not in task_cols and i not in prefixed
+        ]
     else:
         missing = [c for c in features if c not in header]
         if missing:
             raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
         feat_cols = [header.index(c) for c in features]
+        labels = [header[i] for i in feat_cols if i in prefixed or i in task_cols]
+        if labels:
+            raise ValueError(
+                f"{path}: features {labels} are task columns; columns headed "
+                f"'{TASK_PREFIX}' and the chosen tasks are labels, never features. "
+                "Rename the column without the prefix to use it as a feature."
+            )
     if not feat_cols:
         raise ValueError(f"{path}: no feature columns besides the tasks {names}.")
     x, y = [], []
@@ -267,7 +293,8 @@ def load_file(
     Args:
       path: the file; its suffix picks the format.
       tasks: task columns or arrays, in order; see the module docstring for
-        the default.
+        the default. A CSV column ``task:<name>`` may be named with or without
+        the prefix; the task is called ``<name>`` either way.
       kinds: kind of each task, as a dict by name (others inferred) or a list
         in task order; None infers all.
       features: CSV feature columns; default all non-task columns.
@@ -326,6 +353,16 @@ def load_file(
         raise ValueError(f"{path}: task names must be unique and non-empty: {names}.")
     if kinds is not None:
         if isinstance(kinds, Mapping):
+            kinds = {
+                (
+                    k[len(TASK_PREFIX) :]
+                    if isinstance(k, str)
+                    and k.startswith(TASK_PREFIX)
+                    and k not in names
+                    else k
+                ): v
+                for k, v in kinds.items()
+            }
             unknown = sorted(set(kinds) - set(names))
             if unknown:
                 raise ValueError(
