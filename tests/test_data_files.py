@@ -204,3 +204,26 @@ def test_csv_unselected_task_columns_are_never_features(tmp_path):
         load_file(path, tasks=["nope"])
     with pytest.raises(ValueError, match=r"features \['task:cls'\] are task columns"):
         load_file(path, tasks=["bin"], features=["f1", "task:cls"])
+
+
+@pytest.mark.parametrize(
+    "fractions, message",
+    [
+        ((-0.1, 0.2), r"fractions=\(-0.1, 0.2\): the validation fraction -0.1 must"),
+        ((0.2, 1.0), r"the test fraction 1.0 must be in \[0, 1\)"),
+        ((0.0, 0.2), "the val split holds 0 example"),
+        ((0.2, 0.0), "the test split holds 0 example"),
+        ((0.5, 0.5), "validation \\+ test = 1 leaves no train examples"),
+        ((0.2,), "must be two numbers"),
+    ],
+)
+def test_from_arrays_refuses_bad_fractions(fractions, message):
+    from tgjax.data.base import from_arrays
+    from tgjax.tasks import Task
+
+    x = np.random.default_rng(0).normal(size=(500, 3))
+    y = (np.arange(500) % 2)[:, None].astype(np.float32)
+    with pytest.raises(ValueError, match=message):
+        from_arrays("toy", (Task("a", "binary"),), x, y, fractions=fractions)
+    data = from_arrays("toy", (Task("a", "binary"),), x, y, fractions=(0.1, 0.3))
+    assert (len(data.train), len(data.val), len(data.test)) == (300, 50, 150)

@@ -112,6 +112,41 @@ class MultiTaskData:
         )
 
 
+def check_fractions(fractions, *, allow_empty: bool = False) -> None:
+    """Checks (validation, test) split fractions.
+
+    Each must be a number in [0, 1), with a sum below 1 so that the train
+    split is not empty; unless ``allow_empty``, both must be above 0.
+
+    Raises:
+      ValueError: naming ``fractions``, the value at fault and a fix.
+    """
+    fix = "pass e.g. fractions=(0.2, 0.2) (validation, test; train is the rest)"
+    try:
+        val, test = (float(f) for f in fractions)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"fractions={fractions!r} must be two numbers (validation, test); {fix}."
+        ) from None
+    for what, f in (("validation", val), ("test", test)):
+        if not 0.0 <= f < 1.0:
+            raise ValueError(
+                f"fractions={tuple(fractions)!r}: the {what} fraction {f} must be "
+                f"in [0, 1); {fix}."
+            )
+        if not allow_empty and f == 0.0:
+            split = "val" if what == "validation" else "test"
+            raise ValueError(
+                f"fractions={tuple(fractions)!r}: the {what} fraction is 0, so the "
+                f"{split} split holds 0 example(s); it must be above 0 — {fix}."
+            )
+    if val + test >= 1.0:
+        raise ValueError(
+            f"fractions={tuple(fractions)!r}: validation + test = {val + test:g} "
+            f"leaves no train examples; the sum must be below 1 — {fix}."
+        )
+
+
 def split_indices(
     n: int, fractions: tuple[float, float], seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -121,7 +156,12 @@ def split_indices(
       n: number of examples.
       fractions: (validation, test) fractions; train takes the rest.
       seed: seed of the permutation, fixed per data set.
+
+    Raises:
+      ValueError: naming ``fractions`` unless each is in [0, 1) and they sum
+        to less than 1.
     """
+    check_fractions(fractions, allow_empty=True)
     perm = np.random.default_rng(seed).permutation(n)
     n_val, n_test = int(round(n * fractions[0])), int(round(n * fractions[1]))
     return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
@@ -150,7 +190,12 @@ def from_arrays(
 
     Regression targets are standardised with train-split statistics; the
     statistics are kept so that metrics come back in the original units.
+
+    Raises:
+      ValueError: for ``fractions`` outside [0, 1), of 0 (an empty split) or
+        summing to 1 or more, or a split too small to train on.
     """
+    check_fractions(fractions)
     tasks = check_tasks(tasks)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.float32)
