@@ -227,3 +227,14 @@ def test_from_arrays_refuses_bad_fractions(fractions, message):
         from_arrays("toy", (Task("a", "binary"),), x, y, fractions=fractions)
     data = from_arrays("toy", (Task("a", "binary"),), x, y, fractions=(0.1, 0.3))
     assert (len(data.train), len(data.val), len(data.test)) == (300, 50, 150)
+
+
+def test_npz_without_task_arrays_says_how_to_name_them(tmp_path):
+    path = tmp_path / "only_x.npz"
+    np.savez(path, x=np.ones((6, 2)))
+    with pytest.raises(ValueError, match="no task arrays found") as info:
+        load_file(path)
+    assert "separate array [examples] named after the task" in str(info.value)
+    np.savez(path, x=np.ones((6, 2)), a=np.arange(6) % 2)
+    with pytest.raises(ValueError, match=r"no task array\(s\) \['b'\]; each task"):
+        load_file(path, tasks=["b"])

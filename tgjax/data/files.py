@@ -242,10 +242,17 @@ def read_npz(
             f"task, got {sorted(arrays)}."
         )
     names = [k for k in arrays if k != "x"] if tasks is None else list(tasks)
-    missing = [t for t in names if t not in arrays or t == "x"]
-    if missing or not names:
+    if not names:
         raise ValueError(
-            f"{path}: no task array(s) {missing or names}; arrays: {sorted(arrays)}."
+            f"{path}: no task arrays found, only {sorted(arrays)}; save each task's "
+            "labels as a separate array [examples] named after the task, e.g. "
+            "np.savez(path, x=x, toxic=labels_toxic, age=labels_age)."
+        )
+    missing = [t for t in names if t not in arrays or t == "x"]
+    if missing:
+        raise ValueError(
+            f"{path}: no task array(s) {missing}; each task must be a separate "
+            f"array named after the task. Arrays: {sorted(arrays)}."
         )
     x = arrays["x"]
     if x.ndim < 2 or x.dtype.kind not in "biuf":
