@@ -238,3 +238,50 @@ def test_npz_without_task_arrays_says_how_to_name_them(tmp_path):
     np.savez(path, x=np.ones((6, 2)), a=np.arange(6) % 2)
     with pytest.raises(ValueError, match=r"no task array\(s\) \['b'\]; each task"):
         load_file(path, tasks=["b"])
+
+
+def test_huge_feature_and_target_scales_standardise_in_float64():
+    from tgjax.data.base import from_arrays, split_indices
+    from tgjax.tasks import Task
+
+    rng = np.random.default_rng(0)
+    n = 200
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    x[:, 1] *= 1e25
+    r = rng.normal(size=n) * 3 + 10
+    y = np.c_[np.arange(n) % 2, r * 1e20].astype(np.float32)
+    tasks = (Task("a", "binary"), Task("r", "regression"))
+    data = from_arrays("big", tasks, x, y)
+    tr, _, te = split_indices(n, (0.2, 0.2), 0)
+    # The 1e25 column keeps its spread instead of collapsing to a constant.
+    col = x[tr, 1].astype(np.float64)
+    np.testing.assert_allclose(
+        data.train.x[:, 1], (col - col.mean()) / col.std(), rtol=1e-5, atol=1e-6
+    )
+    assert data.train.x[:, 1].std() == pytest.approx(1.0, rel=1e-4)
+    # The 1e20 target: finite statistics, standardised labels, original units.
+    t = y[tr, 1].astype(np.float64)
+    assert data.target_mean[1] == pytest.approx(t.mean(), rel=1e-6)
+    assert data.target_std[1] == pytest.approx(t.std(), rel=1e-6)
+    assert 2e20 < data.target_std[1] < 4e20
+    assert data.train.y[:, 1].std() == pytest.approx(1.0, rel=1e-4)
+    back = data.test.y[:, 1] * np.float64(data.target_std[1]) + data.target_mean[1]
+    np.testing.assert_allclose(back, y[te, 1], rtol=1e-5)
+    # An MAE of 0.5 standard deviations is finite in the original units.
+    assert np.isfinite(0.5 * float(data.target_std[1]))
+    with pytest.raises(ValueError, match=r"beyond the float32 range.*column 2"):
+        from_arrays("big", tasks, np.c_[x[:, :2], np.full(n, 1e39)], y)
+    with pytest.raises(ValueError, match=r"beyond the float32 range.*target column"):
+        from_arrays("big", tasks, x, np.c_[y[:, :1], np.full(n, 1e300)])
+
+
+def test_csv_feature_and_target_scaled_by_1e25_load(tmp_path):
+    rows = ["f1,big,task:a,task:r"]
+    for i in range(40):
+        rows.append(f"{i % 5},{(i % 7) * 1e25},{i % 2},{(i % 9 + 0.5) * 1e20}")
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(rows) + "\n")
+    data = load_file(path, kinds={"r": "regression"})
+    assert data.train.x[:, 1].std() == pytest.approx(1.0, rel=1e-4)
+    assert np.isfinite(data.train.y).all()
+    assert 1e20 < data.target_std[1] < 1e21

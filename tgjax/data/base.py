@@ -10,6 +10,8 @@ import numpy as np
 from tgjax.tasks import Task, check_tasks
 from tgjax.validate import check_split_sizes
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
@@ -168,11 +170,48 @@ def split_indices(
 
 
 def standardize_features(train: np.ndarray, *others: np.ndarray):
-    """Standardises features with train-split statistics (constant columns kept)."""
-    mean = train.mean(axis=0, keepdims=True)
-    std = train.std(axis=0, keepdims=True)
+    """Standardises features with train-split statistics (constant columns kept).
+
+    The statistics are computed in float64, so that a column of values around
+    1e25 (whose squares overflow float32) is standardised rather than turned
+    into a constant; the results are float32.
+
+    Raises:
+      ValueError: naming the column index when a standardised value is not
+        finite or beyond the float32 range, with a hint to rescale it.
+    """
+    mean = train.mean(axis=0, keepdims=True, dtype=np.float64)
+    std = train.std(axis=0, keepdims=True, dtype=np.float64)
     std = np.where(std > 0, std, 1.0)
-    return tuple(((a - mean) / std).astype(np.float32) for a in (train, *others))
+    out = []
+    for a in (train, *others):
+        z = (a.astype(np.float64) - mean) / std
+        bad = ~np.isfinite(z) | (np.abs(z) > _FLOAT32_MAX)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise ValueError(
+                f"Feature column {col} cannot be standardised in float32 "
+                f"(value {a[row, col]!r} gives {z[row, col]!r} with train mean "
+                f"{mean[0, col]:.4g} and std {std[0, col]:.4g}); rescale column "
+                f"{col} to a moderate range, e.g. divide it by {std[0, col]:.3g}."
+            )
+        out.append(z.astype(np.float32))
+    return tuple(out)
+
+
+def _as_float32(a: np.ndarray, what: str, kind: str) -> np.ndarray:
+    """``a`` as float32, refusing finite values beyond the float32 range."""
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4:
+        big = np.isfinite(a) & (np.abs(a) > _FLOAT32_MAX)
+        if big.any():
+            where = np.argwhere(big)[0]
+            col = int(where[1]) if a.ndim > 1 else 0
+            raise ValueError(
+                f"{what}{where.tolist()} = {a[tuple(where)]!r} is beyond the "
+                f"float32 range (+-{_FLOAT32_MAX:.3g}) that training uses; "
+                f"rescale {kind} column {col}."
+            )
+    return np.asarray(a, np.float32)
 
 
 def from_arrays(
@@ -197,8 +236,10 @@ def from_arrays(
     """
     check_fractions(fractions)
     tasks = check_tasks(tasks)
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.float32)
+    x = _as_float32(np.asarray(x), "x", "feature")
+    y = np.asarray(y)
+    _as_float32(y, "y", "target")
+    y64 = np.asarray(y, np.float64)
     tr, va, te = split_indices(len(x), fractions, seed)
     check_split_sizes(name, len(tr), len(va), len(te))
     xs = (x[tr], x[va], x[te])
@@ -206,18 +247,32 @@ def from_arrays(
         flat = [a.reshape(len(a), -1) for a in xs]
         flat = standardize_features(*flat)
         xs = tuple(f.reshape(a.shape) for f, a in zip(flat, xs, strict=True))
-    mean = np.zeros(len(tasks), np.float32)
-    std = np.ones(len(tasks), np.float32)
+    # Target statistics and standardisation in float64: squares of values
+    # around 1e20 overflow float32 and would make the std (and the MAE in
+    # original units) infinite.
+    mean = np.zeros(len(tasks), np.float64)
+    std = np.ones(len(tasks), np.float64)
     for i, t in enumerate(tasks):
         if t.kind == "regression":
-            col = y[tr, i]
+            col = y64[tr, i]
             col = col[~np.isnan(col)]
             # A task without train labels keeps mean 0 and std 1.
             if col.size:
                 mean[i] = col.mean()
                 s = col.std()
                 std[i] = s if s > 0 else 1.0
-    y = (y - mean) / std
+    z = (y64 - mean) / std
+    finite = np.isfinite(y64)
+    bad = finite & ~(np.abs(z) <= _FLOAT32_MAX)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(
+            f"Target column {col} ({tasks[col].name!r}) cannot be standardised in "
+            f"float32 (value {y64[row, col]!r}, train mean {mean[col]:.4g}, std "
+            f"{std[col]:.4g}); rescale the column to a moderate range."
+        )
+    y = z.astype(np.float32)
+    mean, std = mean.astype(np.float32), std.astype(np.float32)
     return MultiTaskData(
         name=name,
         tasks=tasks,
