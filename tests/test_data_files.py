@@ -285,3 +285,64 @@ def test_csv_feature_and_target_scaled_by_1e25_load(tmp_path):
     assert data.train.x[:, 1].std() == pytest.approx(1.0, rel=1e-4)
     assert np.isfinite(data.train.y).all()
     assert 1e20 < data.target_std[1] < 1e21
+
+
+def test_inferred_kinds_remapping_and_notes(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 60
+    pm = np.where(np.arange(n) % 2 == 0, -1.0, 1.0)
+    pm[5] = np.nan
+    path = tmp_path / "kinds.npz"
+    np.savez(
+        path,
+        x=rng.normal(size=(n, 2)),
+        pm=pm,
+        twelve=1 + np.arange(n) % 2,
+        small=np.arange(n) % 10,
+        big=np.arange(n) % 60,
+        r=rng.normal(size=n),
+    )
+    data = load_file(path)
+    kinds = {t.name: (t.kind, t.num_classes) for t in data.tasks}
+    assert kinds == {
+        "pm": ("binary", 2),
+        "twelve": ("binary", 2),
+        "small": ("multiclass", 10),
+        "big": ("regression", 1),
+        "r": ("regression", 1),
+    }
+    ys = np.concatenate([data.train.y, data.val.y, data.test.y])
+    # -1/+1 and 1/2 become 0/1 in sorted order; the missing label stays NaN.
+    assert set(np.unique(ys[~np.isnan(ys[:, 0]), 0])) == {0.0, 1.0}
+    assert np.isnan(ys[:, 0]).sum() == 1
+    assert set(np.unique(ys[:, 1])) == {0.0, 1.0}
+    raw = load_file(path, standardize=False)
+    order = np.argsort(raw.train.x[:, 0])
+    pairs = dict(zip(raw.train.x[order, 0], raw.train.y[order, 0], strict=True))
+    x_all = np.load(path)["x"].astype(np.float32)
+    for xi, label in zip(x_all[:, 0], pm, strict=True):
+        if xi in pairs and not np.isnan(label):
+            assert pairs[xi] == (label + 1) / 2
+    assert data.task_notes["pm"] == "pm: binary, inferred (labels -1/1 mapped to 0/1)"
+    assert data.task_notes["twelve"].endswith("(labels 1/2 mapped to 0/1)")
+    assert data.task_notes["small"] == (
+        "small: multiclass, inferred (10 classes, labels 0..9)"
+    )
+    assert data.task_notes["big"].startswith("big: regression, inferred (values 0..59")
+    assert "pm: binary, inferred (labels -1/1 mapped to 0/1)" in data.description
+    assert data.select_tasks(["r", "pm"]).task_notes.keys() == {"r", "pm"}
+
+    # A declared regression kind overrides the inference and keeps raw values.
+    over = load_file(path, tasks=["pm", "small"], kinds={"pm": "regression"})
+    assert [t.kind for t in over.tasks] == ["regression", "multiclass"]
+    back = over.train.y[:, 0] * over.target_std[0] + over.target_mean[0]
+    present = back[~np.isnan(back)]
+    np.testing.assert_allclose(np.unique(np.round(present, 4)), [-1.0, 1.0])
+    assert over.task_notes["pm"].startswith("pm: regression, declared (values -1..1")
+    over = load_file(path, tasks=["small"], kinds=["regression"])
+    assert over.tasks[0].kind == "regression"
+    assert over.target_mean[0] > 3.0
+    # A declared binary kind maps two values too; three are refused.
+    assert load_file(path, tasks=["twelve"], kinds=["binary"]).train.y.max() == 1.0
+    with pytest.raises(ValueError, match=r"binary but has label 9 \(labels \[0, 1"):
+        load_file(path, tasks=["small"], kinds=["binary"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -42,6 +43,9 @@ class MultiTaskData:
         regression targets (mean 0 and std 1 for classification tasks), so
         that metrics can be reported in the original units.
       description: one line on where the data comes from.
+      task_notes: task name -> one line on its kind and any label remapping
+        (e.g. ``"bin: binary, inferred (labels -1/1 mapped to 0/1)"``); set by
+        loaders that infer kinds, empty otherwise.
     """
 
     name: str
@@ -52,6 +56,7 @@ class MultiTaskData:
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
     description: str = ""
+    task_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         tasks = check_tasks(self.tasks)
@@ -111,6 +116,7 @@ class MultiTaskData:
             test=pick(self.test),
             target_mean=self.target_mean[idx],
             target_std=self.target_std[idx],
+            task_notes={n: self.task_notes[n] for n in names if n in self.task_notes},
         )
 
 
