@@ -5,21 +5,28 @@
 unless ``tasks`` says otherwise). NaN marks a missing label.
 
 CSV: a header row, then one row per example. Task columns are the ones named
-in ``tasks``, or else every column whose header starts with ``task:`` (the
-task is named after the rest, so ``task:toxic`` is task ``toxic``); the
-features are the other columns, or the ones named in ``features``. Feature
+in ``tasks``, or else every column whose header starts with ``task:``. A task
+is named after its header without the prefix, so ``task:toxic`` is task
+``toxic``, and ``tasks`` may name it ``toxic`` or ``task:toxic``. The features
+are the ones named in ``features``, or else every column that is neither a
+chosen task nor headed ``task:``: a ``task:`` column left out of ``tasks`` is
+dropped, never used as a feature. Feature
 cells must hold finite numbers; an empty task cell, ``nan`` or ``NA`` is a
 missing label.
 
-Task kinds are inferred from the labels unless ``kinds`` names them: labels
-that are all 0 or 1 make a binary task; other whole numbers from 0 to
+Task kinds are inferred from the labels unless ``kinds`` names them (see
+:func:`infer_labels`): two distinct whole numbers (0/1, -1/+1, 1/2) make a
+binary task, mapped to 0/1 in sorted order; other whole numbers from 0 to
 :data:`MAX_INFERRED_CLASSES` - 1 a multiclass task with ``max + 1`` classes;
-anything else a regression task.
+anything else a regression task. Declare ``kinds={"count": "regression"}``
+for integer counts. The loaded data's ``task_notes`` and ``description`` say
+which kind each task got and any remapping.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -32,30 +39,59 @@ from tgjax.tasks import KINDS, Task
 from tgjax.validate import check_data
 
 TASK_PREFIX = "task:"
-MAX_INFERRED_CLASSES = 50
+MAX_INFERRED_CLASSES = 20
+"""Whole-number labels from 0 below this are inferred to be classes; counts
+that reach it are inferred to be regression targets."""
 MISSING = ("", "nan", "na", "n/a", "null", "none", "?")
 
 
-def infer_task(name: str, labels: np.ndarray, kind: str | None = None) -> Task:
-    """The :class:`Task` for one label column, checking the labels fit it.
+def infer_labels(
+    name: str, labels: np.ndarray, kind: str | None = None
+) -> tuple[Task, np.ndarray, str]:
+    """The :class:`Task` for one label column, its labels as training uses them
+    and a one-line note on the kind and any remapping.
+
+    Inference (``kind`` None), on the labels that are present:
+
+    * exactly two distinct whole numbers ``a < b`` (0/1, -1/+1, 1/2, ...):
+      binary, ``a`` mapped to 0 and ``b`` to 1;
+    * whole numbers from 0 with at most :data:`MAX_INFERRED_CLASSES` classes
+      (largest label below it): multiclass with ``largest + 1`` classes; a
+      single value 0 or 1 is binary;
+    * anything else (fractions, negative whole numbers with more than two
+      values, counts reaching :data:`MAX_INFERRED_CLASSES`): regression.
+
+    A declared ``kind`` overrides the inference: ``"regression"`` keeps the
+    raw values (no remapping), ``"binary"`` accepts 0/1 or any two whole
+    numbers (mapped as above), ``"multiclass"`` needs whole numbers from 0.
 
     Args:
       name: task name.
       labels: `[examples]` float labels, NaN where missing.
       kind: ``"binary"``, ``"multiclass"`` or ``"regression"``; None infers it.
 
+    Returns:
+      ``(task, labels, note)``: ``labels`` is float32, remapped for a binary
+      task whose values are not 0/1; ``note`` reads e.g.
+      ``"bin: binary, inferred (labels -1/1 mapped to 0/1)"``.
+
     Raises:
       ValueError: for a task without labels, an unknown kind, or class labels
-        that are not whole numbers from 0.
+        that do not fit the kind.
     """
+    labels = np.asarray(labels, np.float32)
     present = labels[~np.isnan(labels)]
     if present.size == 0:
         raise ValueError(f"Task {name!r} has no labels at all; drop the column.")
     if np.any(np.isinf(present)):
         raise ValueError(f"Task {name!r} has infinite labels; use NaN for missing.")
-    whole = bool(np.all(present == np.round(present))) and present.min() >= 0
+    integral = bool(np.all(present == np.round(present)))
+    values = np.unique(present)
+    whole = integral and present.min() >= 0
+    two = integral and len(values) == 2
+    how = "declared" if kind is not None else "inferred"
     if kind is None:
-        if whole and present.max() <= 1:
+        if two or (whole and present.max() <= 1):
             kind = "binary"
         elif whole and present.max() < MAX_INFERRED_CLASSES:
             kind = "multiclass"
@@ -64,22 +100,58 @@ def infer_task(name: str, labels: np.ndarray, kind: str | None = None) -> Task:
     if kind not in KINDS:
         raise ValueError(f"Task {name!r}: kind must be one of {KINDS}, got {kind!r}.")
     if kind == "regression":
-        return Task(name, "regression")
+        return (
+            Task(name, "regression"),
+            labels,
+            f"{name}: regression, {how} (values {present.min():g}..{present.max():g}"
+            ", standardised; errors in original units)",
+        )
+    if kind == "binary":
+        if two and not (values[0] == 0 and values[1] == 1):
+            a, b = values
+            mapped = np.where(labels == a, 0.0, np.where(labels == b, 1.0, labels))
+            note = f"labels {a:g}/{b:g} mapped to 0/1"
+            return (
+                Task(name, "binary"),
+                mapped.astype(np.float32),
+                (f"{name}: binary, {how} ({note})"),
+            )
+        if not whole or present.max() > 1:
+            raise ValueError(
+                f"Task {name!r} is binary but has "
+                + (f"label {int(present.max())} " if whole else "")
+                + f"(labels {_some(values)}); labels "
+                "must be 0 or 1, or two whole numbers (mapped to 0/1 in sorted "
+                "order); declare it multiclass for more classes."
+            )
+        return Task(name, "binary"), labels, f"{name}: binary, {how} (labels 0/1)"
     if not whole:
         raise ValueError(
             f"Task {name!r} is {kind} but its labels are not whole numbers from 0 "
-            f"(they range over {present.min()}..{present.max()}); map classes to "
-            "0, 1, ... or declare it a regression task."
+            f"(they range over {present.min():g}..{present.max():g}); map classes "
+            "to 0, 1, ... or declare it a regression task."
         )
     top = int(present.max())
-    if kind == "binary":
-        if top > 1:
-            raise ValueError(
-                f"Task {name!r} is binary but has label {top}; labels must be 0 "
-                "or 1 (declare it multiclass for more classes)."
-            )
-        return Task(name, "binary")
-    return Task(name, "multiclass", num_classes=max(top + 1, 2))
+    classes = max(top + 1, 2)
+    return (
+        Task(name, "multiclass", num_classes=classes),
+        labels,
+        f"{name}: multiclass, {how} ({classes} classes, labels 0..{classes - 1})",
+    )
+
+
+def _some(values: np.ndarray) -> str:
+    shown = ", ".join(f"{v:g}" for v in values[:6])
+    return f"[{shown}{', ...' if len(values) > 6 else ''}]"
+
+
+def infer_task(name: str, labels: np.ndarray, kind: str | None = None) -> Task:
+    """The :class:`Task` for one label column; see :func:`infer_labels`.
+
+    A binary task inferred from two values other than 0/1 (such as -1/+1)
+    trains on the labels :func:`infer_labels` returns, mapped to 0/1.
+    """
+    return infer_labels(name, labels, kind)[0]
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -138,27 +210,50 @@ def read_csv(
         raise ValueError(
             f"{path}: column names must be unique and non-empty; got {header}."
         )
+    prefixed = [i for i, h in enumerate(header) if h.startswith(TASK_PREFIX)]
     if tasks is None:
-        task_cols = [i for i, h in enumerate(header) if h.startswith(TASK_PREFIX)]
-        names = [header[i][len(TASK_PREFIX) :] for i in task_cols]
+        task_cols = prefixed
         if not task_cols:
             raise ValueError(
                 f"{path}: no task columns; pass tasks=[column names] or name task "
                 f"columns '{TASK_PREFIX}<name>'. Columns: {header}."
             )
     else:
-        missing = [t for t in tasks if t not in header]
+        task_cols, missing = [], []
+        for t in tasks:
+            t = str(t).strip()
+            if t in header:
+                task_cols.append(header.index(t))
+            elif TASK_PREFIX + t in header:
+                task_cols.append(header.index(TASK_PREFIX + t))
+            else:
+                missing.append(t)
         if missing:
-            raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
-        task_cols = [header.index(t) for t in tasks]
-        names = list(tasks)
+            raise ValueError(
+                f"{path}: no task column(s) {missing}; name a column as in the "
+                f"header, with or without '{TASK_PREFIX}'. Columns: {header}."
+            )
+    # Task names are bare: column 'task:toxic' is task 'toxic' however chosen.
+    names = [
+        header[i][len(TASK_PREFIX) :] if i in prefixed else header[i] for i in task_cols
+    ]
     if features is None:
-        feat_cols = [i for i in range(len(header)) if i not in task_cols]
+        # Columns headed 'task:' are labels, never features, even when unselected.
+        feat_cols = [
+            i for i in range(len(header)) if i not in task_cols and i not in prefixed
+        ]
     else:
         missing = [c for c in features if c not in header]
         if missing:
             raise ValueError(f"{path}: no column(s) {missing}; columns: {header}.")
         feat_cols = [header.index(c) for c in features]
+        labels = [header[i] for i in feat_cols if i in prefixed or i in task_cols]
+        if labels:
+            raise ValueError(
+                f"{path}: features {labels} are task columns; columns headed "
+                f"'{TASK_PREFIX}' and the chosen tasks are labels, never features. "
+                "Rename the column without the prefix to use it as a feature."
+            )
     if not feat_cols:
         raise ValueError(f"{path}: no feature columns besides the tasks {names}.")
     x, y = [], []
@@ -216,10 +311,17 @@ def read_npz(
             f"task, got {sorted(arrays)}."
         )
     names = [k for k in arrays if k != "x"] if tasks is None else list(tasks)
-    missing = [t for t in names if t not in arrays or t == "x"]
-    if missing or not names:
+    if not names:
         raise ValueError(
-            f"{path}: no task array(s) {missing or names}; arrays: {sorted(arrays)}."
+            f"{path}: no task arrays found, only {sorted(arrays)}; save each task's "
+            "labels as a separate array [examples] named after the task, e.g. "
+            "np.savez(path, x=x, toxic=labels_toxic, age=labels_age)."
+        )
+    missing = [t for t in names if t not in arrays or t == "x"]
+    if missing:
+        raise ValueError(
+            f"{path}: no task array(s) {missing}; each task must be a separate "
+            f"array named after the task. Arrays: {sorted(arrays)}."
         )
     x = arrays["x"]
     if x.ndim < 2 or x.dtype.kind not in "biuf":
@@ -267,7 +369,8 @@ def load_file(
     Args:
       path: the file; its suffix picks the format.
       tasks: task columns or arrays, in order; see the module docstring for
-        the default.
+        the default. A CSV column ``task:<name>`` may be named with or without
+        the prefix; the task is called ``<name>`` either way.
       kinds: kind of each task, as a dict by name (others inferred) or a list
         in task order; None infers all.
       features: CSV feature columns; default all non-task columns.
@@ -326,6 +429,16 @@ def load_file(
         raise ValueError(f"{path}: task names must be unique and non-empty: {names}.")
     if kinds is not None:
         if isinstance(kinds, Mapping):
+            kinds = {
+                (
+                    k[len(TASK_PREFIX) :]
+                    if isinstance(k, str)
+                    and k.startswith(TASK_PREFIX)
+                    and k not in names
+                    else k
+                ): v
+                for k, v in kinds.items()
+            }
             unknown = sorted(set(kinds) - set(names))
             if unknown:
                 raise ValueError(
@@ -341,10 +454,13 @@ def load_file(
                 )
     else:
         kind_list = [None] * len(names)
-    task_objs = tuple(
-        infer_task(n, y[:, i], k)
+    inferred = [
+        infer_labels(n, y[:, i], k)
         for i, (n, k) in enumerate(zip(names, kind_list, strict=True))
-    )
+    ]
+    task_objs = tuple(t for t, _, _ in inferred)
+    y = np.stack([labels for _, labels, _ in inferred], axis=1)
+    notes = {t.name: note for t, _, note in inferred}
     data = from_arrays(
         name or path.stem,
         task_objs,
@@ -353,8 +469,9 @@ def load_file(
         fractions=fractions,
         seed=seed,
         standardize=standardize,
-        description=f"user file {path.name}",
+        description=f"user file {path.name}; tasks: " + "; ".join(notes.values()),
     )
+    data = dataclasses.replace(data, task_notes=notes)
     # Split sizes and per-split label checks only make sense after the split.
     check_data(data)
     return data
