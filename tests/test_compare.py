@@ -13,7 +13,12 @@ import optax
 import pytest
 
 from tgjax import cli
-from tgjax.baselines.tag import group_scores, lookahead_affinity, select_groups
+from tgjax.baselines.tag import (
+    group_scores,
+    lookahead_affinity,
+    search_kind,
+    select_groups,
+)
 from tgjax.config import RunConfig
 from tgjax.data import load_dataset
 from tgjax.grouptrain import GroupingTrainer, membership
@@ -194,6 +199,54 @@ def test_group_selection_finds_two_blocks():
     a[:2, :2] = a[2:, 2:] = 2.0
     groups, total = select_groups(a, 3, overlap=True)
     assert groups == [(0, 1), (2, 3)] and total == pytest.approx(8.0)
+
+
+def _blocks(sizes, inside=1.0, across=-1.0):
+    n = sum(sizes)
+    a = np.full((n, n), across)
+    start = 0
+    for s in sizes:
+        a[start : start + s, start : start + s] = inside
+        start += s
+    np.fill_diagonal(a, 0.0)
+    return a
+
+
+def test_bounded_search_matches_exact_on_a_hand_made_matrix():
+    # Seven tasks, K = 3: blocks {0,1,2} {3,4} {5,6}; task 2 also helps 0
+    # and 1 (by 2) and is helped by 3 and 4 (by 3), so the overlapping
+    # optimum uses task 2 twice and the partition optimum moves it.
+    a = _blocks([3, 2, 2])
+    a[3, 2] = a[4, 2] = 3.0
+    a[2, 3] = a[2, 4] = 1.0
+    a[2, 0] = a[2, 1] = 2.0
+    # Overlap: 0, 1 score 1.5 in {0,1,2}; 2 scores 3, 3 and 4 score 1 in
+    # {2,3,4}; 5, 6 score 1: total 10. Partition: {0,1} 2, {2,3,4} 5, {5,6} 2.
+    want = {
+        True: ([(0, 1, 2), (2, 3, 4), (5, 6)], 10.0),
+        False: ([(0, 1), (2, 3, 4), (5, 6)], 9.0),
+    }
+    for overlap, (groups, total) in want.items():
+        exact = select_groups(a, 3, overlap=overlap, search="exact")
+        assert exact[0] == groups and exact[1] == pytest.approx(total)
+        for seed in range(3):
+            bounded = select_groups(a, 3, overlap=overlap, search="bounded", seed=seed)
+            assert bounded[0] == groups and bounded[1] == pytest.approx(total)
+
+
+def test_bounded_search_finds_planted_blocks_of_fourteen_tasks():
+    a = _blocks([4, 4, 3, 3])
+    assert search_kind(14, 4, overlap=True) == "bounded"
+    assert search_kind(14, 4, overlap=False) == "bounded"
+    assert search_kind(6, 3, overlap=False) == "exact"
+    want = [(0, 1, 2, 3), (4, 5, 6, 7), (8, 9, 10), (11, 12, 13)]
+    for overlap in (True, False):
+        first = select_groups(a, 4, overlap=overlap, seed=5)
+        assert first == select_groups(a, 4, overlap=overlap, seed=5)  # determinism
+        groups, total = first
+        assert groups == want and total == pytest.approx(14.0)
+    with pytest.raises(ValueError, match="too large"):
+        select_groups(a, 4, search="exact")
 
 
 # Statistics.

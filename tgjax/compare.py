@@ -38,11 +38,13 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from tgjax.baselines.tag import make_affinity_epoch, select_groups
+from tgjax.baselines.tag import make_affinity_epoch, search_kind, select_groups
 from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData
 from tgjax.grouptrain import GroupingScores, GroupingTrainer
 from tgjax.partitions import (
+    count_partitions,
+    labels_to_partition,
     partition_from_names,
     partition_names,
     partitions,
@@ -128,6 +130,22 @@ class CompareConfig:
         if method in ONE_SHOT and self.oneshot_seeds is not None:
             return self.oneshot_seeds
         return self.seeds
+
+
+RANDOM_ENUMERATION_LIMIT = 1_000_000
+
+
+def _random_exact_partition(rng, n: int, k: int):
+    """A uniform partition into exactly k groups, without enumerating them.
+
+    Each partition into k groups is the image of exactly k! labellings that
+    use every label, so a uniform labelling kept only when it uses all k
+    labels gives a uniform partition.
+    """
+    while True:
+        labels = rng.integers(0, k, size=n)
+        if len(np.unique(labels)) == k:
+            return labels_to_partition(labels.tolist())
 
 
 class _Settled(Exception):
@@ -255,10 +273,16 @@ def compare(
         say(f"{method}: done")
 
     if "random" in config.methods:
-        exact = partitions(n, exact=min(k, n))
+        kk = min(k, n)
+        few = count_partitions(n, exact=kk) <= RANDOM_ENUMERATION_LIMIT
+        exact = partitions(n, exact=kk) if few else None
         for seed in config.seeds_of("random"):
             rng = np.random.default_rng([seed, 2024])
-            part = exact[int(rng.integers(len(exact)))]
+            part = (
+                exact[int(rng.integers(len(exact)))]
+                if few
+                else _random_exact_partition(rng, n, kk)
+            )
             scores = trainer.run([part], seed)
             records.append(
                 _from_scores(
@@ -313,7 +337,8 @@ def compare(
             aff_wall = time.time() - started
             affinities[seed] = aff.round(8).tolist()
             for method in tag_methods:
-                groups, _ = select_groups(aff, k, overlap=method == "tag")
+                overlap = method == "tag"
+                groups, _ = select_groups(aff, k, overlap=overlap, seed=seed)
                 scores = trainer.run([groups], seed)
                 rec = _from_scores(
                     method, seed, partition_names(groups, names), scores, 0, data
@@ -321,6 +346,7 @@ def compare(
                 rec["train_steps"] += spe * config.epochs
                 rec["branch_steps"] += spe * config.epochs
                 rec["wall_seconds"] = round(rec["wall_seconds"] + aff_wall, 3)
+                rec["tag_search"] = search_kind(n, k, overlap)
                 rec["served_by"] = {
                     t: int(g) for t, g in zip(names, scores.served_by[0], strict=True)
                 }
