@@ -538,6 +538,12 @@ def cmd_train(args) -> int:
         "assignment_confidence": round(float(result.probabilities.max(1).mean()), 6),
         "test": result.test,
         "val": result.val,
+        "finetune_epochs": config.finetune_epochs,
+        "finetune_selected_epoch": int(result.finetune_selected_epoch),
+        "finetune_selected_val_total_loss": round(
+            float(result.finetune_selected_val_loss), 6
+        ),
+        "pruned_val_total_loss": round(float(result.pruned_val_loss), 6),
         "wall_seconds": round(seconds, 2),
     }
     if baselines:
@@ -579,6 +585,13 @@ class _NullLog:
 
 
 def _print_summary(result, results, out) -> None:
+    if result.config.finetune_epochs and not result.finetune_improved:
+        print(
+            f"note: none of the {result.config.finetune_epochs} fine-tuning epochs "
+            "improved the validation loss "
+            f"({result.pruned_val_loss:.4g}); reporting the pruned network before "
+            "fine-tuning. Try a lower --lr or fewer --finetune-epochs.",
+        )
     print(f"groups ({len(result.groups)}):")
     for i, g in enumerate(result.groups):
         print(f"  {i}: {', '.join(g)}")

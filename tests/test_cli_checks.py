@@ -1,0 +1,78 @@
+"""Command-line checks: fine-tuning selection, conflicting flags, run folders."""
+
+import dataclasses
+import json
+import types
+
+import numpy as np
+import pytest
+
+import tgjax
+from tgjax import cli
+
+SMALL = ["--epochs", "2", "--finetune-epochs", "1", "--hidden", "16", "--quiet"]
+FIVE = ["--tasks", "Class1,Class2,Class3,Class4,Class5"]
+
+
+def _tiny_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 6)).astype("float32")
+    y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0], 1).astype("float32")
+    tasks = [tgjax.Task("a", "binary"), tgjax.Task("b", "binary")]
+    return x, y, tasks
+
+
+def test_fit_records_which_finetuning_epoch_it_kept():
+    x, y, tasks = _tiny_data()
+    cfg = tgjax.RunConfig(
+        groups=2, epochs=1, finetune_epochs=6, batch_size=32, hidden=(8,)
+    )
+    res = tgjax.fit_arrays(x, y, tasks, cfg)
+    # One search epoch leaves the network far from trained: fine-tuning helps.
+    assert 0 <= res.finetune_selected_epoch < 6
+    assert res.finetune_improved
+    assert res.finetune_selected_val_loss == res.val["total_loss"]
+    assert res.finetune_selected_val_loss < res.pruned_val_loss
+
+    none = tgjax.fit_arrays(x, y, tasks, dataclasses.replace(cfg, finetune_epochs=0))
+    assert none.finetune_selected_epoch == -1 and not none.finetune_improved
+    assert none.finetune_selected_val_loss == none.pruned_val_loss
+    assert none.val["total_loss"] == none.pruned_val_loss
+
+
+def test_results_and_summary_say_when_finetuning_did_not_help(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--finetune-epochs", "0", "--hidden", "16", "--quiet"]
+    rc = cli.main(["train", *FIVE, "--groups", "2", "--out", str(out), *args])
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["finetune_epochs"] == 0
+    assert results["finetune_selected_epoch"] == -1
+    assert results["finetune_selected_val_total_loss"] == pytest.approx(
+        results["val"]["total_loss"], abs=1e-5
+    )
+    assert results["pruned_val_total_loss"] == pytest.approx(
+        results["val"]["total_loss"], abs=1e-5
+    )
+    # With no fine-tuning epochs asked for there is nothing to warn about.
+    assert "did not improve" not in capsys.readouterr().out
+
+
+def test_summary_notes_that_finetuning_was_discarded(capsys):
+    test = {"total_loss": 1.0, "total_error_percent": 10.0}
+    result = types.SimpleNamespace(
+        config=tgjax.RunConfig(finetune_epochs=15),
+        finetune_selected_epoch=-1,
+        finetune_improved=False,
+        pruned_val_loss=2.5,
+        groups=[["a"], ["b"]],
+        kept=None,
+    )
+    cli._print_summary(result, {"method": "dmtg", "test": test}, "RUN")
+    out = capsys.readouterr().out
+    assert "none of the 15 fine-tuning epochs improved the validation loss" in out
+    assert "reporting the pruned network before fine-tuning" in out
+
+    result.finetune_selected_epoch, result.finetune_improved = 3, True
+    cli._print_summary(result, {"method": "dmtg", "test": test}, "RUN")
+    assert "fine-tuning" not in capsys.readouterr().out
