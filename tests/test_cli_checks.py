@@ -76,3 +76,82 @@ def test_summary_notes_that_finetuning_was_discarded(capsys):
     result.finetune_selected_epoch, result.finetune_improved = 3, True
     cli._print_summary(result, {"method": "dmtg", "test": test}, "RUN")
     assert "fine-tuning" not in capsys.readouterr().out
+
+
+def test_celeba_branch_on_tabular_data_is_refused_before_the_run_folder(
+    tmp_path, capsys
+):
+    for flags in (["--branch", "celeba"], ["--preset", "celeba9-parity"]):
+        out = tmp_path / "run"
+        rc = cli.main(["train", *FIVE, "--out", str(out), *SMALL, *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err
+        assert "[examples, height, width, 3]" in err
+        assert "shape [" in err and "--branch mlp" in err
+        assert not out.exists()
+
+
+def test_celeba_branch_check_accepts_images_only():
+    from tgjax.validate import check_branch_inputs
+
+    check_branch_inputs("celeba", (10, 64, 64, 3))
+    check_branch_inputs("mlp", (10, 103))
+    for shape in ((10, 103), (10, 8, 8), (10, 8, 8, 1), (10, 4, 4, 3)):
+        with pytest.raises(ValueError, match=r"\[10, "):
+            check_branch_inputs("celeba", shape)
+
+
+def _failing_fit(exc, save_first=False):
+    def fit(data, config, *, callback=None, checkpoints=None, resume=False):
+        if save_first:
+            checkpoints.save(5, {"w": np.zeros(2, np.float32)}, {"step": 5})
+        raise exc
+
+    return fit
+
+
+@pytest.mark.parametrize("premade", [False, True])
+def test_a_fresh_run_that_fails_before_a_checkpoint_leaves_no_folder(
+    tmp_path, capsys, monkeypatch, premade
+):
+    out = tmp_path / "run"
+    if premade:
+        out.mkdir()
+    monkeypatch.setattr(tgjax, "fit", _failing_fit(RuntimeError("boom")))
+    rc = cli.main(["train", *FIVE, "--out", str(out), *SMALL])
+    assert rc == 1 and "boom" in capsys.readouterr().err
+    # A folder made beforehand stays, emptied of what the run wrote.
+    assert out.exists() == premade
+    if premade:
+        assert list(out.iterdir()) == []
+    # So the same command is not refused the second time.
+    monkeypatch.undo()
+    assert cli.main(["train", *FIVE, "--out", str(out), *SMALL]) == 0
+
+
+def test_a_failed_run_with_checkpoints_is_kept_for_resume(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "run"
+    monkeypatch.setattr(tgjax, "fit", _failing_fit(RuntimeError("boom"), True))
+    assert cli.main(["train", *FIVE, "--out", str(out), *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert f"tgjax train --resume {out}" in err
+    assert (out / "config.json").exists() and (out / "checkpoints").is_dir()
+
+
+@pytest.mark.parametrize("save_first", [False, True])
+def test_interrupt_says_whether_the_run_can_be_resumed(
+    tmp_path, capsys, monkeypatch, save_first
+):
+    out = tmp_path / "run"
+    monkeypatch.setattr(tgjax, "fit", _failing_fit(KeyboardInterrupt(), save_first))
+    assert cli.main(["train", *FIVE, "--out", str(out), *SMALL]) == 130
+    err = capsys.readouterr().err
+    assert str(out) in err
+    assert err.count("interrupted") == 1
+    if save_first:
+        assert f"'tgjax train --resume {out}' continues it" in err
+        assert "up to step 5" in err and (out / "config.json").exists()
+    else:
+        assert "before the first checkpoint" in err and not out.exists()

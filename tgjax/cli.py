@@ -284,6 +284,7 @@ def _prepare_out(args, data, config) -> str:
         out = os.path.join("runs", f"{data.name}-{method}-{stamp}")
     if check_run_folder(out, args.overwrite):
         shutil.rmtree(out)
+    args._created_out = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -498,16 +499,62 @@ def cmd_train(args) -> int:
     except NumericalError as e:
         # Keep what was learnt: the log so far plus the reason it stopped.
         log.write({"event": "error", "kind": "numerical", "message": str(e)})
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        after = (
+            f" 'tgjax train --resume {out}' continues from its newest checkpoint."
+            if saved
+            else f" No checkpoint was written yet; rerun with --out {out} "
+            "--overwrite to start again."
+        )
         raise NumericalError(
-            f"{e} The settings and the metrics up to the failing step are in "
-            f"{os.path.join(out, 'config.json')} and "
-            f"{os.path.join(out, 'metrics.jsonl')}."
+            f"{str(e).replace('RUN_DIR', out)} The settings and the metrics up to "
+            f"the failing step are in {os.path.join(out, 'config.json')} and "
+            f"{os.path.join(out, 'metrics.jsonl')}.{after}"
         ) from e
+    except KeyboardInterrupt:
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        if lead:
+            args._interrupt_reported = True
+            if saved:
+                print(
+                    f"tgjax: interrupted; the run folder {out} keeps checkpoints up "
+                    f"to step {saved[-1]}: 'tgjax train --resume {out}' "
+                    "continues it.",
+                    file=sys.stderr,
+                )
+            elif args.resume:
+                print(
+                    f"tgjax: interrupted; the run folder {out} holds no readable "
+                    "checkpoint, so it cannot be resumed.",
+                    file=sys.stderr,
+                )
+            else:
+                _remove_fresh_run(args, out)
+                print(
+                    "tgjax: interrupted before the first checkpoint; removed the "
+                    f"run folder {out}, so the same command starts afresh.",
+                    file=sys.stderr,
+                )
+        raise
+    except Exception:
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        if lead and not args.resume:
+            if saved:
+                print(
+                    f"tgjax: the run stopped; its folder {out} keeps checkpoints up "
+                    f"to step {saved[-1]}: 'tgjax train --resume {out}' continues "
+                    "it once the cause is fixed.",
+                    file=sys.stderr,
+                )
+            else:
+                # Nothing worth keeping: free the folder so a rerun is not refused.
+                _remove_fresh_run(args, out)
+        raise
     finally:
-        log.close()
-        checkpoints.close()
-        for board in boards:
-            board.close()
+        _close_all(log, checkpoints, boards)
     seconds = time.time() - started
 
     final = os.path.join(out, "checkpoint")
@@ -560,6 +607,43 @@ def cmd_train(args) -> int:
         )
     _print_summary(result, results, out)
     return 0
+
+
+# Everything a run writes into its folder before its results.
+_RUN_START_FILES = ("config.json", "metrics.jsonl", "checkpoints", "tensorboard")
+
+
+def _saved_steps(checkpoints) -> list[int]:
+    """Steps of the run's complete checkpoints; empty when none can be read."""
+    try:
+        return checkpoints.steps()
+    except Exception:  # noqa: BLE001 - an unreadable folder holds no checkpoint
+        return []
+
+
+def _close_all(log, checkpoints, boards) -> None:
+    """Closes the run's writers; safe to call more than once."""
+    for closer in (log, checkpoints, *boards):
+        try:
+            closer.close()
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+
+
+def _remove_fresh_run(args, out: str) -> None:
+    """Removes what a fresh run wrote to ``out`` (and ``out`` if it made it)."""
+    for name in os.listdir(out) if os.path.isdir(out) else ():
+        path = os.path.join(out, name)
+        if name in _RUN_START_FILES or name.startswith(".tmp"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+    if getattr(args, "_created_out", False):
+        try:
+            os.rmdir(out)
+        except OSError:
+            pass
 
 
 class _Fanout:
@@ -642,7 +726,8 @@ def main(argv=None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("tgjax: interrupted", file=sys.stderr)
+        if not getattr(args, "_interrupt_reported", False):
+            print("tgjax: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
         if getattr(args, "debug", False):

@@ -200,6 +200,31 @@ def check_data(data) -> None:
     check_train_labels(data.train.y, data.tasks)
 
 
+def check_branch_inputs(branch: str, shape: tuple[int, ...]) -> None:
+    """Checks that the branch network can read inputs of ``shape``.
+
+    The ``celeba`` branch is a convolutional encoder of RGB images; it needs
+    `[examples, height, width, 3]` inputs of at least 5 x 5 pixels. The
+    ``mlp`` branch reads any `[examples, ...]` array (flattened).
+
+    Raises:
+      ValueError: naming the inputs' shape and the branch that fits them.
+    """
+    if branch != "celeba":
+        return
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[-1] == 3 and min(shape[1:3]) >= 5:
+        return
+    per_example = " x ".join(str(d) for d in shape[1:]) or "scalar"
+    raise ValueError(
+        f"--branch celeba (branch='celeba', also set by --preset celeba9-parity) "
+        f"needs images of shape [examples, height, width, 3] with height and "
+        f"width of at least 5, but the data's inputs have shape {list(shape)} "
+        f"({per_example} per example). Use --branch mlp (branch='mlp') for "
+        "tabular or flattened inputs."
+    )
+
+
 def check_settings(config, data) -> list[str]:
     """Checks settings against the data they will run on.
 
@@ -211,8 +236,10 @@ def check_settings(config, data) -> list[str]:
       Notes for the user (e.g. about K > N); empty when there is nothing to say.
 
     Raises:
-      ValueError: for a batch larger than the train split.
+      ValueError: for a batch larger than the train split, or the CelebA
+        branch on inputs that are not `[examples, height, width, 3]` images.
     """
+    check_branch_inputs(config.branch, data.train.x.shape)
     n_train = len(data.train)
     if config.batch_size > n_train:
         raise ValueError(
