@@ -155,3 +155,21 @@ def test_interrupt_says_whether_the_run_can_be_resumed(
         assert "up to step 5" in err and (out / "config.json").exists()
     else:
         assert "before the first checkpoint" in err and not out.exists()
+
+
+def test_overwrite_accepts_a_run_folder_with_reports_and_logs(tmp_path):
+    from tgjax.validate import check_run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("config.json", "results.json", "report.md", "report.html"):
+        (out / name).write_text("{}")
+    for name in ("figures", "tensorboard", "checkpoints", "checkpoint"):
+        (out / name).mkdir()
+        (out / name / "f").write_text("x")
+    assert check_run_folder(str(out), overwrite=True) is True
+    with pytest.raises(ValueError, match="--overwrite"):
+        check_run_folder(str(out), overwrite=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"no tgjax run writes \(notes.txt\)"):
+        check_run_folder(str(out), overwrite=True)

@@ -38,6 +38,8 @@ RUN_FILES = frozenset(
         "results.json",
         "report.md",
         "report.html",
+        "figures",
+        "tensorboard",
     }
 )
 
