@@ -173,3 +173,24 @@ def test_overwrite_accepts_a_run_folder_with_reports_and_logs(tmp_path):
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"no tgjax run writes \(notes.txt\)"):
         check_run_folder(str(out), overwrite=True)
+
+
+def test_numerical_fault_messages_name_the_resume_flag(tmp_path, capsys):
+    from tgjax.validate import fault_message
+
+    metrics = {"loss_matrix": np.array([[[np.nan, 1.0], [1.0, 1.0]]])}
+    msg = fault_message(metrics, 0, 7, BINARY_TASKS)
+    assert "Training stopped at step 7" in msg
+    assert "'tgjax train --resume RUN_DIR'" in msg
+
+    out = tmp_path / "run"
+    rc = cli.main(["train", *FIVE, "--lr", "1e30", "--out", str(out), *SMALL])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Training stopped at step" in err
+    # The fault comes before the first checkpoint: nothing to resume from.
+    assert "RUN_DIR" not in err and "--resume" not in err
+    assert f"No checkpoint was written yet; rerun with --out {out} --overwrite" in err
+    assert (out / "config.json").exists()
+
+
+BINARY_TASKS = [tgjax.Task("a", "binary"), tgjax.Task("b", "binary")]

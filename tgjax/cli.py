@@ -405,7 +405,7 @@ def cmd_train(args) -> int:
     from tgjax.figures import plot_assignment_history
     from tgjax.resume import ResumableLog
     from tgjax.runio import read_jsonl, write_json
-    from tgjax.validate import NumericalError, check_fit_inputs
+    from tgjax.validate import RESUME_HINT, NumericalError, check_fit_inputs
 
     _start_processes(args)
     lead = jax.process_index() == 0
@@ -502,13 +502,20 @@ def cmd_train(args) -> int:
         saved = _saved_steps(checkpoints)
         _close_all(log, checkpoints, boards)
         after = (
-            f" 'tgjax train --resume {out}' continues from its newest checkpoint."
+            f" 'tgjax train --resume {out}' continues from its newest checkpoint "
+            f"(step {saved[-1]})."
             if saved
             else f" No checkpoint was written yet; rerun with --out {out} "
             "--overwrite to start again."
         )
+        message = str(e).replace(
+            RESUME_HINT,
+            f", or continue from the last checkpoint with 'tgjax train --resume {out}'"
+            if saved
+            else "",
+        )
         raise NumericalError(
-            f"{str(e).replace('RUN_DIR', out)} The settings and the metrics up to "
+            f"{message} The settings and the metrics up to "
             f"the failing step are in {os.path.join(out, 'config.json')} and "
             f"{os.path.join(out, 'metrics.jsonl')}.{after}"
         ) from e

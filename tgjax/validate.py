@@ -366,6 +366,14 @@ def check_run_folder(out: str, overwrite: bool) -> bool:
     return True
 
 
+# The resume clause of a fault message; the command line replaces it with the
+# command for its run folder, or drops it when there is no checkpoint yet.
+RESUME_HINT = (
+    ", or continue from the last checkpoint with 'tgjax train --resume RUN_DIR' "
+    "(fit(..., resume=True) in Python)"
+)
+
+
 def find_fault(metrics: dict) -> int | None:
     """Index of the first step whose ``finite`` flag is False, or None.
 
@@ -412,5 +420,5 @@ def fault_message(metrics: dict, index: int, step: int, tasks: Sequence[Task]) -
     return (
         f"Training stopped at step {step}: a non-finite value appeared; {where}. "
         "Lower the learning rate (--lr, --assignment-lr), check the inputs for "
-        "extreme values, or resume from the last checkpoint."
+        f"extreme values{RESUME_HINT}."
     )
