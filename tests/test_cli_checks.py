@@ -194,3 +194,52 @@ def test_numerical_fault_messages_name_the_resume_flag(tmp_path, capsys):
 
 
 BINARY_TASKS = [tgjax.Task("a", "binary"), tgjax.Task("b", "binary")]
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        (["--baseline", "mtl", "--groups", "3"], "--baseline mtl fixes K to 1"),
+        (["--baseline", "stl", "--groups", "3"], "so --groups (3) would be ignored"),
+        (["--baseline", "stl", "--with-baselines"], "Drop one of the two flags"),
+        (["--tau-final", "0.5"], "--tau-final (0.5) only applies to a decaying"),
+    ],
+)
+def test_conflicting_flags_are_refused(tmp_path, capsys, flags, expected):
+    out = tmp_path / "run"
+    rc = cli.main(["train", *FIVE, "--out", str(out), *SMALL, *flags])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_conflict_from_a_config_file_names_the_file(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"groups": 3}))
+    rc = cli.main(
+        [
+            "train",
+            *FIVE,
+            "--config",
+            str(path),
+            "--baseline",
+            "mtl",
+            "--out",
+            str(tmp_path / "run"),
+            *SMALL,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"groups in {path} (3) would be ignored" in err
+
+
+def test_effective_groups_and_late_halving_note(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--baseline", "stl", "--lr-halving-epochs", "1,5"]
+    assert cli.main(["train", *FIVE, "--out", str(out), *SMALL, *flags]) == 0
+    err = capsys.readouterr().err
+    assert "lr_halving_epochs 5 (--lr-halving-epochs) at or beyond the 2" in err
+    config = json.loads((out / "config.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert config["effective_groups"] == 5 and results["effective_groups"] == 5
+    assert len(results["groups"]) == 5

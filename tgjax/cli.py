@@ -235,17 +235,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SETTING_TO_FLAG = {s: "--" + f.replace("_", "-") for f, s in _FLAG_TO_SETTING.items()}
+
+
 def _config_from_args(args):
     from tgjax.config import PRESETS, RunConfig
 
     values = dict(PRESETS[args.preset]) if args.preset else {}
+    given = {}  # setting -> where it was set: a flag or the --config file
     if args.config:
         values.update(dataclasses.asdict(RunConfig.from_json(args.config)))
+        given.update({k: f"{k} in {args.config}" for k in _config_keys(args.config)})
     for flag, setting in _FLAG_TO_SETTING.items():
         v = getattr(args, flag)
         if v is not None:
             values[setting] = v
-    return RunConfig.from_dict(values)
+            given[setting] = _SETTING_TO_FLAG[setting]
+    config = RunConfig.from_dict(values)
+    _check_conflicts(args, config, given)
+    return config
+
+
+def _config_keys(path) -> list[str]:
+    """The settings a --config file sets (it has been read and checked)."""
+    from tgjax.runio import read_json
+
+    return list(read_json(path))
+
+
+def _check_conflicts(args, config, given: dict) -> None:
+    """Refuses settings that the rest of the command would silently ignore."""
+    if config.baseline is not None and "groups" in given:
+        k = "1" if config.baseline == "mtl" else "the number of tasks"
+        raise ValueError(
+            f"--baseline {config.baseline} fixes K to {k}, so {given['groups']} "
+            f"({config.groups}) would be ignored; drop it, or drop --baseline to "
+            "search the groups."
+        )
+    if config.baseline is not None and args.with_baselines:
+        raise ValueError(
+            f"--with-baselines runs the MTL and STL baselines next to the search; "
+            f"with --baseline {config.baseline} there is no search to compare. "
+            "Drop one of the two flags."
+        )
+    if config.tau_schedule == "constant" and "tau_final" in given:
+        raise ValueError(
+            f"{given['tau_final']} ({config.tau_final}) only applies to a decaying "
+            "temperature, but the schedule is constant (tau stays at --tau "
+            f"{config.tau}). Pass --tau-schedule cosine or exponential, or drop "
+            f"{given['tau_final']}."
+        )
 
 
 def _load_data(args):
@@ -403,6 +442,7 @@ def cmd_train(args) -> int:
     import tgjax
     from tgjax.checkpoint import Checkpoints, save_checkpoint
     from tgjax.figures import plot_assignment_history
+    from tgjax.pipeline import num_groups
     from tgjax.resume import ResumableLog
     from tgjax.runio import read_jsonl, write_json
     from tgjax.validate import RESUME_HINT, NumericalError, check_fit_inputs
@@ -436,6 +476,8 @@ def cmd_train(args) -> int:
                 },
             },
             "run": config.to_dict(),
+            # K as run: 1 for --baseline mtl, N for stl, else "groups".
+            "effective_groups": num_groups(config, len(data.tasks)),
             "tgjax_version": tgjax.__version__,
         }
         if lead:
@@ -588,6 +630,7 @@ def cmd_train(args) -> int:
     write_json(os.path.join(out, "groups.json"), result.groups_json())
     results = {
         "method": config.baseline or "dmtg",
+        "effective_groups": num_groups(config, len(data.tasks)),
         "groups": result.groups,
         "assignment_confidence": round(float(result.probabilities.max(1).mean()), 6),
         "test": result.test,

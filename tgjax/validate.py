@@ -251,6 +251,14 @@ def check_settings(config, data) -> list[str]:
             "or less, or add data."
         )
     notes = []
+    late = [e for e in config.lr_halving_epochs if e >= config.epochs]
+    if late:
+        shown = ",".join(str(e) for e in late)
+        notes.append(
+            f"lr_halving_epochs {shown} (--lr-halving-epochs) at or beyond the "
+            f"{config.epochs} search epochs (--epochs) are never reached: the "
+            "learning rates halve only during the search."
+        )
     n_tasks = len(data.tasks)
     if config.baseline is None and config.groups > n_tasks:
         notes.append(
