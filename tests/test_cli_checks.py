@@ -243,3 +243,34 @@ def test_effective_groups_and_late_halving_note(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert config["effective_groups"] == 5 and results["effective_groups"] == 5
     assert len(results["groups"]) == 5
+
+
+def test_a_runs_config_json_can_be_passed_back_to_config(tmp_path, capsys):
+    first = tmp_path / "first"
+    flags = ["--groups", "3", "--seed", "4", "--lr", "0.002"]
+    assert cli.main(["train", *FIVE, "--out", str(first), *SMALL, *flags]) == 0
+    again = tmp_path / "again"
+    rc = cli.main(
+        [
+            "train",
+            *FIVE,
+            "--config",
+            str(first / "config.json"),
+            "--seed",
+            "5",
+            "--out",
+            str(again),
+            "--quiet",
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    old = json.loads((first / "config.json").read_text())["run"]
+    new = json.loads((again / "config.json").read_text())["run"]
+    assert new["groups"] == 3 and new["learning_rate"] == 0.002
+    assert new["epochs"] == 2 and new["hidden"] == [16]
+    assert new["seed"] == 5  # flags override the file
+    assert {k: v for k, v in new.items() if k != "seed"} == {
+        k: v for k, v in old.items() if k != "seed"
+    }
+    cfg = tgjax.RunConfig.from_json(first / "config.json")
+    assert cfg.groups == 3 and cfg.seed == 4

@@ -63,7 +63,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
 
     run = p.add_argument_group("search and training (defaults in RunConfig)")
-    run.add_argument("--config", default=None, metavar="JSON", help="settings file")
+    run.add_argument(
+        "--config",
+        default=None,
+        metavar="JSON",
+        help="settings file: a JSON object of RunConfig settings, or a run "
+        'folder\'s config.json (its "run" block); flags override it',
+    )
     run.add_argument(
         "--preset",
         choices=("celeba9-parity",),
@@ -257,10 +263,14 @@ def _config_from_args(args):
 
 
 def _config_keys(path) -> list[str]:
-    """The settings a --config file sets (it has been read and checked)."""
+    """Settings a --config file (already read and checked) sets to non-defaults."""
+    from tgjax.config import RunConfig, settings_block
     from tgjax.runio import read_json
 
-    return list(read_json(path))
+    values = settings_block(read_json(path))
+    default = RunConfig().to_dict()
+    normal = RunConfig.from_dict(values).to_dict()
+    return [k for k in values if normal[k] != default[k]]
 
 
 def _check_conflicts(args, config, given: dict) -> None:
