@@ -274,3 +274,63 @@ def test_a_runs_config_json_can_be_passed_back_to_config(tmp_path, capsys):
     }
     cfg = tgjax.RunConfig.from_json(first / "config.json")
     assert cfg.groups == 3 and cfg.seed == 4
+
+
+def _counts_csv(tmp_path):
+    """A CSV whose task 'n' holds small integer counts (inferred multiclass)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    lines = ["f1,f2,f3,task:a,task:n"]
+    for r in x:
+        n = int(np.clip(round(2 + r[1]), 0, 4))
+        lines.append(",".join(f"{v:.4f}" for v in r) + f",{int(r[0] > 0)},{n}")
+    path = tmp_path / "counts.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_task_kinds_flag_sets_the_kind_of_a_file_task(tmp_path, capsys):
+    path = _counts_csv(tmp_path)
+    base = ["train", "--data", str(path), "--groups", "2", "--batch-size", "32"]
+    small = ["--epochs", "1", "--finetune-epochs", "0", "--hidden", "8"]
+    out = tmp_path / "inferred"
+    assert cli.main([*base, *small, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "tasks (2) of counts:" in err
+    assert "  a: binary" in err and "  n: multiclass, 5" in err
+
+    out = tmp_path / "forced"
+    flags = ["--task-kinds", "n=regression", "--quiet"]
+    assert cli.main([*base, *small, *flags, "--out", str(out)]) == 0
+    assert "tasks (2)" not in capsys.readouterr().err  # --quiet
+    config = json.loads((out / "config.json").read_text())
+    kinds = {t["name"]: t["kind"] for t in config["data"]["tasks"]}
+    assert kinds == {"a": "binary", "n": "regression"}
+    assert config["data"]["flags"]["task_kinds"] == "n=regression"
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["tasks"]["n"]["metric"] == "mae"
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("n=continuous", "'n=continuous' is not NAME=KIND"),
+        ("n", "'n' is not NAME=KIND"),
+        ("zz=binary", "--task-kinds names unknown task(s) ['zz']"),
+        (",", "names no task"),
+    ],
+)
+def test_bad_task_kinds_are_refused(tmp_path, capsys, value, expected):
+    path = _counts_csv(tmp_path)
+    out = tmp_path / "run"
+    rc = cli.main(
+        ["train", "--data", str(path), "--task-kinds", value, "--out", str(out), *SMALL]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err
+    assert not out.exists()
+
+
+def test_task_kinds_needs_a_data_file(tmp_path, capsys):
+    rc = cli.main(["train", "--task-kinds", "Class1=binary", *SMALL])
+    assert rc == 2 and "Drop --task-kinds or pass --data" in capsys.readouterr().err

@@ -51,6 +51,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="CSV columns that are tasks (default: columns named task:*)",
     )
     data.add_argument(
+        "--task-kinds",
+        default=None,
+        metavar="A=KIND,...",
+        help="with --data: kind of named tasks (binary, multiclass or "
+        "regression); the others are inferred from their labels",
+    )
+    data.add_argument(
         "--tasks",
         default=None,
         metavar="A,B,...",
@@ -204,7 +211,7 @@ _FLAG_TO_SETTING = {
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
 }
-_DATA_FLAGS = ("dataset", "data", "task_columns", "tasks", "data_dir")
+_DATA_FLAGS = ("dataset", "data", "task_columns", "task_kinds", "tasks", "data_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,9 +309,23 @@ def _load_data(args):
 
     if args.data and args.dataset:
         raise ValueError("Pass either --dataset or --data, not both.")
+    if getattr(args, "task_kinds", None) and not args.data:
+        raise ValueError(
+            "--task-kinds sets the kinds of the tasks of a --data file; the "
+            "built-in data sets define their own. Drop --task-kinds or pass --data."
+        )
     if args.data:
         columns = args.task_columns.split(",") if args.task_columns else None
-        data = datasets.load_file(args.data, tasks=columns)
+        kinds = _parse_task_kinds(args.task_kinds) if args.task_kinds else None
+        try:
+            data = datasets.load_file(args.data, tasks=columns, kinds=kinds)
+        except ValueError as e:
+            if str(e).startswith("kinds names unknown task"):
+                raise ValueError(
+                    f"--task-kinds{str(e)[len('kinds') :]} Use the task names as "
+                    "in the file (see --task-columns)."
+                ) from None
+            raise
     else:
         name = args.dataset or "yeast"
         kwargs = {}
@@ -320,6 +341,39 @@ def _load_data(args):
     if args.tasks:
         data = data.select_tasks([t.strip() for t in args.tasks.split(",")])
     return data
+
+
+def _parse_task_kinds(text: str) -> dict[str, str]:
+    """``NAME=KIND,...`` of --task-kinds as a dict, each kind checked."""
+    from tgjax.tasks import KINDS
+
+    kinds = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, kind = (p.strip() for p in item.partition("="))
+        if not sep or not name or kind not in KINDS:
+            raise ValueError(
+                f"--task-kinds {text!r}: {item!r} is not NAME=KIND with KIND one "
+                f"of {', '.join(KINDS)}; for example --task-kinds "
+                "smoker=binary,age=regression."
+            )
+        if name in kinds:
+            raise ValueError(f"--task-kinds {text!r} names task {name!r} twice.")
+        kinds[name] = kind
+    if not kinds:
+        raise ValueError(
+            f"--task-kinds {text!r} names no task; pass NAME=KIND,... or drop it."
+        )
+    return kinds
+
+
+def _print_tasks(data) -> None:
+    """One line per task with its kind, before training starts."""
+    print(f"tasks ({len(data.tasks)}) of {data.name}:", file=sys.stderr)
+    for t in data.tasks:
+        kind = t.kind if t.kind != "multiclass" else f"multiclass, {t.num_classes}"
+        print(f"  {t.name}: {kind}", file=sys.stderr)
 
 
 def _prepare_out(args, data, config) -> str:
@@ -472,6 +526,8 @@ def cmd_train(args) -> int:
         for note in check_fit_inputs(data, config):
             if lead:
                 print(f"tgjax: note: {note}", file=sys.stderr)
+        if lead and not args.quiet:
+            _print_tasks(data)
         out = _prepare_out(args, data, config) if lead else args.out
         settings = {
             "data": {
