@@ -334,3 +334,16 @@ def test_bad_task_kinds_are_refused(tmp_path, capsys, value, expected):
 def test_task_kinds_needs_a_data_file(tmp_path, capsys):
     rc = cli.main(["train", "--task-kinds", "Class1=binary", *SMALL])
     assert rc == 2 and "Drop --task-kinds or pass --data" in capsys.readouterr().err
+
+
+def test_tasks_flag_ignores_empty_items_and_refuses_an_empty_list(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--tasks", "Class1, Class2,", "--groups", "2", "--out", str(out)]
+    assert cli.main(["train", *flags, *SMALL]) == 0
+    groups = json.loads((out / "groups.json").read_text())
+    assert groups["tasks"] == ["Class1", "Class2"]
+    for value in ("", " , "):
+        rc = cli.main(["train", "--tasks", value, "--out", str(tmp_path / "e"), *SMALL])
+        err = capsys.readouterr().err
+        assert rc == 2 and "names no task" in err and "--tasks Class1,Class2" in err
+        assert not (tmp_path / "e").exists()

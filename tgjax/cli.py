@@ -338,8 +338,15 @@ def _load_data(args):
                 )
             kwargs["data_dir"] = args.data_dir
         data = datasets.load_dataset(name, **kwargs)
-    if args.tasks:
-        data = data.select_tasks([t.strip() for t in args.tasks.split(",")])
+    if args.tasks is not None:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not names:
+            raise ValueError(
+                f"--tasks {args.tasks!r} names no task; pass task names such as "
+                f"--tasks {','.join(t.name for t in data.tasks[:2])}, or drop "
+                "--tasks to use all tasks."
+            )
+        data = data.select_tasks(names)
     return data
 
 
