@@ -65,13 +65,15 @@ def test_summary_notes_that_finetuning_was_discarded(capsys):
         finetune_selected_epoch=-1,
         finetune_improved=False,
         pruned_val_loss=2.5,
-        groups=[["a"], ["b"]],
-        kept=None,
+        groups=[["a", "c"], ["b"]],
+        pruned=types.SimpleNamespace(kept=np.array([1, 3])),
     )
     cli._print_summary(result, {"method": "dmtg", "test": test}, "RUN")
     out = capsys.readouterr().out
     assert "none of the 15 fine-tuning epochs improved the validation loss" in out
     assert "reporting the pruned network before fine-tuning" in out
+    # Groups are labelled by their index in groups.json's assignment.
+    assert "  1: a, c\n  3: b\n" in out
 
     result.finetune_selected_epoch, result.finetune_improved = 3, True
     cli._print_summary(result, {"method": "dmtg", "test": test}, "RUN")
@@ -347,3 +349,14 @@ def test_tasks_flag_ignores_empty_items_and_refuses_an_empty_list(tmp_path, caps
         err = capsys.readouterr().err
         assert rc == 2 and "names no task" in err and "--tasks Class1,Class2" in err
         assert not (tmp_path / "e").exists()
+
+
+def test_printed_group_labels_match_the_assignment(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = ["--groups", "5", "--out", str(out)]
+    assert cli.main(["train", *FIVE, *flags, *SMALL]) == 0
+    printed = capsys.readouterr().out
+    groups = json.loads((out / "groups.json").read_text())
+    for name, k in zip(groups["tasks"], groups["assignment"], strict=True):
+        line = next(s for s in printed.splitlines() if s.startswith(f"  {k}: "))
+        assert name in line.split(": ", 1)[1].split(", ")

@@ -799,9 +799,9 @@ def _print_summary(result, results, out) -> None:
             f"({result.pruned_val_loss:.4g}); reporting the pruned network before "
             "fine-tuning. Try a lower --lr or fewer --finetune-epochs.",
         )
-    print(f"groups ({len(result.groups)}):")
-    for i, g in enumerate(result.groups):
-        print(f"  {i}: {', '.join(g)}")
+    print(f"groups ({len(result.groups)}, by group index as in groups.json):")
+    for k, g in zip(result.pruned.kept, result.groups, strict=True):
+        print(f"  {int(k)}: {', '.join(g)}")
     rows = [(results["method"], results["test"])]
     rows += [(k, v["test"]) for k, v in results.get("baselines", {}).items()]
     for name, test in rows:
