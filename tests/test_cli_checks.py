@@ -360,3 +360,16 @@ def test_printed_group_labels_match_the_assignment(tmp_path, capsys):
     for name, k in zip(groups["tasks"], groups["assignment"], strict=True):
         line = next(s for s in printed.splitlines() if s.startswith(f"  {k}: "))
         assert name in line.split(": ", 1)[1].split(", ")
+
+
+def test_last_logged_probabilities_are_the_final_ones(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--groups", "3", "--log-every", "1", "--out", str(out)]
+    assert cli.main(["train", *FIVE, *flags, *SMALL]) == 0
+    groups = json.loads((out / "groups.json").read_text())
+    lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in lines if "step" in r]
+    last, before = (np.array(r["probabilities"]) for r in logged[-1:-3:-1])
+    np.testing.assert_allclose(last, groups["probabilities"], atol=2e-6)
+    # The step before differs: S moves every step.
+    assert np.abs(before - np.array(groups["probabilities"])).max() > 1e-5

@@ -348,8 +348,9 @@ def make_train_step(
       ``step(state, batch, tau)`` with ``batch = {"x": [batch, ...],
       "y": [batch, tasks]}``. Metrics: ``loss`` (the objective without the
       regulariser), ``loss_matrix`` `[tasks, groups]`, ``assignment`` z,
-      ``probabilities`` softmax(S), ``tau``, ``finite`` (False when the
-      loss, a gradient or S stopped being finite), and where it happened:
+      ``probabilities`` softmax(S) after this step's update (as the returned
+      state holds it), ``tau``, ``finite`` (False when the loss, a gradient
+      or S stopped being finite), and where it happened:
       ``fault`` `[tasks, groups]` (head gradient, S's gradient or S) and
       ``branch_fault`` `[groups]` (branch gradient).
     """
@@ -456,7 +457,7 @@ def make_train_step(
             "loss": total,
             "loss_matrix": lm,
             "assignment": z,
-            "probabilities": jax.nn.softmax(state.assignment, axis=-1),
+            "probabilities": jax.nn.softmax(new["assignment"], axis=-1),
             "tau": tau,
             "finite": finite,
             "fault": fault,
