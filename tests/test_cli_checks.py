@@ -373,3 +373,14 @@ def test_last_logged_probabilities_are_the_final_ones(tmp_path):
     np.testing.assert_allclose(last, groups["probabilities"], atol=2e-6)
     # The step before differs: S moves every step.
     assert np.abs(before - np.array(groups["probabilities"])).max() > 1e-5
+
+
+def test_wall_seconds_of_the_run_and_each_baseline(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--groups", "2", "--with-baselines", "--out", str(out)]
+    assert cli.main(["train", *FIVE, *flags, *SMALL]) == 0
+    results = json.loads((out / "results.json").read_text())
+    own = results["wall_seconds"]
+    base = [results["baselines"][k]["wall_seconds"] for k in ("mtl", "stl")]
+    assert own > 0 and all(b > 0 for b in base)
+    assert results["total_wall_seconds"] >= own + sum(base) - 0.05

@@ -601,15 +601,18 @@ def cmd_train(args) -> int:
             checkpoints=checkpoints,
             resume=bool(args.resume),
         )
+        seconds = time.time() - started
         baselines = {}
         if args.with_baselines and config.baseline is None:
             for name in ("mtl", "stl"):
+                base_started = time.time()
                 base_cfg = dataclasses.replace(config, baseline=name)
                 res = tgjax.fit(data, base_cfg, callback=observer(_NullLog(), name))
                 baselines[name] = {
                     "groups": res.groups,
                     "test": res.test,
                     "val": res.val,
+                    "wall_seconds": round(time.time() - base_started, 2),
                 }
     except NumericalError as e:
         # Keep what was learnt: the log so far plus the reason it stopped.
@@ -677,7 +680,7 @@ def cmd_train(args) -> int:
         raise
     finally:
         _close_all(log, checkpoints, boards)
-    seconds = time.time() - started
+    total_seconds = time.time() - started
 
     final = os.path.join(out, "checkpoint")
     if lead and os.path.exists(final):  # left by an earlier attempt of a resume
@@ -714,10 +717,12 @@ def cmd_train(args) -> int:
             float(result.finetune_selected_val_loss), 6
         ),
         "pruned_val_total_loss": round(float(result.pruned_val_loss), 6),
+        # The main run's own time; each baseline records its own.
         "wall_seconds": round(seconds, 2),
     }
     if baselines:
         results["baselines"] = baselines
+        results["total_wall_seconds"] = round(total_seconds, 2)
     write_json(os.path.join(out, "results.json"), results)
     # The whole log, so that a resumed run plots its steps before the resume.
     history = [r for r in read_jsonl(metrics_path) if "step" in r]
