@@ -13,7 +13,7 @@ from tgjax.relax import (
     sample_one_hot,
     temperature_schedule,
 )
-from tgjax.tasks import Task
+from tgjax.tasks import Task, TaskCodes, output_size
 from tgjax.train import (
     SearchState,
     init_state,
@@ -34,6 +34,7 @@ __all__ = [
     "RunConfig",
     "SearchState",
     "Task",
+    "TaskCodes",
     "assignment_entropy",
     "fit",
     "fit_arrays",
@@ -46,6 +47,7 @@ __all__ = [
     "make_mesh",
     "make_optimizer",
     "make_train_step",
+    "output_size",
     "prune",
     "read_groups",
     "sample_one_hot",

@@ -51,6 +51,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="CSV columns that are tasks (default: columns named task:*)",
     )
     data.add_argument(
+        "--task-kinds",
+        default=None,
+        metavar="A=KIND,...",
+        help="with --data: kind of named tasks (binary, multiclass or "
+        "regression); the others are inferred from their labels",
+    )
+    data.add_argument(
         "--tasks",
         default=None,
         metavar="A,B,...",
@@ -63,7 +70,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
 
     run = p.add_argument_group("search and training (defaults in RunConfig)")
-    run.add_argument("--config", default=None, metavar="JSON", help="settings file")
+    run.add_argument(
+        "--config",
+        default=None,
+        metavar="JSON",
+        help="settings file: a JSON object of RunConfig settings, or a run "
+        'folder\'s config.json (its "run" block); flags override it',
+    )
     run.add_argument(
         "--preset",
         choices=("celeba9-parity",),
@@ -198,7 +211,7 @@ _FLAG_TO_SETTING = {
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
 }
-_DATA_FLAGS = ("dataset", "data", "task_columns", "tasks", "data_dir")
+_DATA_FLAGS = ("dataset", "data", "task_columns", "task_kinds", "tasks", "data_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,17 +248,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SETTING_TO_FLAG = {s: "--" + f.replace("_", "-") for f, s in _FLAG_TO_SETTING.items()}
+
+
 def _config_from_args(args):
     from tgjax.config import PRESETS, RunConfig
 
     values = dict(PRESETS[args.preset]) if args.preset else {}
+    given = {}  # setting -> where it was set: a flag or the --config file
     if args.config:
         values.update(dataclasses.asdict(RunConfig.from_json(args.config)))
+        given.update({k: f"{k} in {args.config}" for k in _config_keys(args.config)})
     for flag, setting in _FLAG_TO_SETTING.items():
         v = getattr(args, flag)
         if v is not None:
             values[setting] = v
-    return RunConfig.from_dict(values)
+            given[setting] = _SETTING_TO_FLAG[setting]
+    config = RunConfig.from_dict(values)
+    _check_conflicts(args, config, given)
+    return config
+
+
+def _config_keys(path) -> list[str]:
+    """Settings a --config file (already read and checked) sets to non-defaults."""
+    from tgjax.config import RunConfig, settings_block
+    from tgjax.runio import read_json
+
+    values = settings_block(read_json(path))
+    default = RunConfig().to_dict()
+    normal = RunConfig.from_dict(values).to_dict()
+    return [k for k in values if normal[k] != default[k]]
+
+
+def _check_conflicts(args, config, given: dict) -> None:
+    """Refuses settings that the rest of the command would silently ignore."""
+    if config.baseline is not None and "groups" in given:
+        k = "1" if config.baseline == "mtl" else "the number of tasks"
+        raise ValueError(
+            f"--baseline {config.baseline} fixes K to {k}, so {given['groups']} "
+            f"({config.groups}) would be ignored; drop it, or drop --baseline to "
+            "search the groups."
+        )
+    if config.baseline is not None and args.with_baselines:
+        raise ValueError(
+            f"--with-baselines runs the MTL and STL baselines next to the search; "
+            f"with --baseline {config.baseline} there is no search to compare. "
+            "Drop one of the two flags."
+        )
+    if config.tau_schedule == "constant" and "tau_final" in given:
+        raise ValueError(
+            f"{given['tau_final']} ({config.tau_final}) only applies to a decaying "
+            "temperature, but the schedule is constant (tau stays at --tau "
+            f"{config.tau}). Pass --tau-schedule cosine or exponential, or drop "
+            f"{given['tau_final']}."
+        )
 
 
 def _load_data(args):
@@ -253,9 +309,23 @@ def _load_data(args):
 
     if args.data and args.dataset:
         raise ValueError("Pass either --dataset or --data, not both.")
+    if getattr(args, "task_kinds", None) and not args.data:
+        raise ValueError(
+            "--task-kinds sets the kinds of the tasks of a --data file; the "
+            "built-in data sets define their own. Drop --task-kinds or pass --data."
+        )
     if args.data:
         columns = args.task_columns.split(",") if args.task_columns else None
-        data = datasets.load_file(args.data, tasks=columns)
+        kinds = _parse_task_kinds(args.task_kinds) if args.task_kinds else None
+        try:
+            data = datasets.load_file(args.data, tasks=columns, kinds=kinds)
+        except ValueError as e:
+            if str(e).startswith("kinds names unknown task"):
+                raise ValueError(
+                    f"--task-kinds{str(e)[len('kinds') :]} Use the task names as "
+                    "in the file (see --task-columns)."
+                ) from None
+            raise
     else:
         name = args.dataset or "yeast"
         kwargs = {}
@@ -268,9 +338,49 @@ def _load_data(args):
                 )
             kwargs["data_dir"] = args.data_dir
         data = datasets.load_dataset(name, **kwargs)
-    if args.tasks:
-        data = data.select_tasks([t.strip() for t in args.tasks.split(",")])
+    if args.tasks is not None:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        if not names:
+            raise ValueError(
+                f"--tasks {args.tasks!r} names no task; pass task names such as "
+                f"--tasks {','.join(t.name for t in data.tasks[:2])}, or drop "
+                "--tasks to use all tasks."
+            )
+        data = data.select_tasks(names)
     return data
+
+
+def _parse_task_kinds(text: str) -> dict[str, str]:
+    """``NAME=KIND,...`` of --task-kinds as a dict, each kind checked."""
+    from tgjax.tasks import KINDS
+
+    kinds = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        name, sep, kind = (p.strip() for p in item.partition("="))
+        if not sep or not name or kind not in KINDS:
+            raise ValueError(
+                f"--task-kinds {text!r}: {item!r} is not NAME=KIND with KIND one "
+                f"of {', '.join(KINDS)}; for example --task-kinds "
+                "smoker=binary,age=regression."
+            )
+        if name in kinds:
+            raise ValueError(f"--task-kinds {text!r} names task {name!r} twice.")
+        kinds[name] = kind
+    if not kinds:
+        raise ValueError(
+            f"--task-kinds {text!r} names no task; pass NAME=KIND,... or drop it."
+        )
+    return kinds
+
+
+def _print_tasks(data) -> None:
+    """One line per task with its kind, before training starts."""
+    print(f"tasks ({len(data.tasks)}) of {data.name}:", file=sys.stderr)
+    for t in data.tasks:
+        kind = t.kind if t.kind != "multiclass" else f"multiclass, {t.num_classes}"
+        print(f"  {t.name}: {kind}", file=sys.stderr)
 
 
 def _prepare_out(args, data, config) -> str:
@@ -284,6 +394,7 @@ def _prepare_out(args, data, config) -> str:
         out = os.path.join("runs", f"{data.name}-{method}-{stamp}")
     if check_run_folder(out, args.overwrite):
         shutil.rmtree(out)
+    args._created_out = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as e:
@@ -402,9 +513,10 @@ def cmd_train(args) -> int:
     import tgjax
     from tgjax.checkpoint import Checkpoints, save_checkpoint
     from tgjax.figures import plot_assignment_history
+    from tgjax.pipeline import num_groups
     from tgjax.resume import ResumableLog
     from tgjax.runio import read_jsonl, write_json
-    from tgjax.validate import NumericalError, check_fit_inputs
+    from tgjax.validate import RESUME_HINT, NumericalError, check_fit_inputs
 
     _start_processes(args)
     lead = jax.process_index() == 0
@@ -421,6 +533,8 @@ def cmd_train(args) -> int:
         for note in check_fit_inputs(data, config):
             if lead:
                 print(f"tgjax: note: {note}", file=sys.stderr)
+        if lead and not args.quiet:
+            _print_tasks(data)
         out = _prepare_out(args, data, config) if lead else args.out
         settings = {
             "data": {
@@ -435,6 +549,8 @@ def cmd_train(args) -> int:
                 },
             },
             "run": config.to_dict(),
+            # K as run: 1 for --baseline mtl, N for stl, else "groups".
+            "effective_groups": num_groups(config, len(data.tasks)),
             "tgjax_version": tgjax.__version__,
         }
         if lead:
@@ -485,30 +601,86 @@ def cmd_train(args) -> int:
             checkpoints=checkpoints,
             resume=bool(args.resume),
         )
+        seconds = time.time() - started
         baselines = {}
         if args.with_baselines and config.baseline is None:
             for name in ("mtl", "stl"):
+                base_started = time.time()
                 base_cfg = dataclasses.replace(config, baseline=name)
                 res = tgjax.fit(data, base_cfg, callback=observer(_NullLog(), name))
                 baselines[name] = {
                     "groups": res.groups,
                     "test": res.test,
                     "val": res.val,
+                    "wall_seconds": round(time.time() - base_started, 2),
                 }
     except NumericalError as e:
         # Keep what was learnt: the log so far plus the reason it stopped.
         log.write({"event": "error", "kind": "numerical", "message": str(e)})
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        after = (
+            f" 'tgjax train --resume {out}' continues from its newest checkpoint "
+            f"(step {saved[-1]})."
+            if saved
+            else f" No checkpoint was written yet; rerun with --out {out} "
+            "--overwrite to start again."
+        )
+        message = str(e).replace(
+            RESUME_HINT,
+            f", or continue from the last checkpoint with 'tgjax train --resume {out}'"
+            if saved
+            else "",
+        )
         raise NumericalError(
-            f"{e} The settings and the metrics up to the failing step are in "
-            f"{os.path.join(out, 'config.json')} and "
-            f"{os.path.join(out, 'metrics.jsonl')}."
+            f"{message} The settings and the metrics up to "
+            f"the failing step are in {os.path.join(out, 'config.json')} and "
+            f"{os.path.join(out, 'metrics.jsonl')}.{after}"
         ) from e
+    except KeyboardInterrupt:
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        if lead:
+            args._interrupt_reported = True
+            if saved:
+                print(
+                    f"tgjax: interrupted; the run folder {out} keeps checkpoints up "
+                    f"to step {saved[-1]}: 'tgjax train --resume {out}' "
+                    "continues it.",
+                    file=sys.stderr,
+                )
+            elif args.resume:
+                print(
+                    f"tgjax: interrupted; the run folder {out} holds no readable "
+                    "checkpoint, so it cannot be resumed.",
+                    file=sys.stderr,
+                )
+            else:
+                _remove_fresh_run(args, out)
+                print(
+                    "tgjax: interrupted before the first checkpoint; removed the "
+                    f"run folder {out}, so the same command starts afresh.",
+                    file=sys.stderr,
+                )
+        raise
+    except Exception:
+        saved = _saved_steps(checkpoints)
+        _close_all(log, checkpoints, boards)
+        if lead and not args.resume:
+            if saved:
+                print(
+                    f"tgjax: the run stopped; its folder {out} keeps checkpoints up "
+                    f"to step {saved[-1]}: 'tgjax train --resume {out}' continues "
+                    "it once the cause is fixed.",
+                    file=sys.stderr,
+                )
+            else:
+                # Nothing worth keeping: free the folder so a rerun is not refused.
+                _remove_fresh_run(args, out)
+        raise
     finally:
-        log.close()
-        checkpoints.close()
-        for board in boards:
-            board.close()
-    seconds = time.time() - started
+        _close_all(log, checkpoints, boards)
+    total_seconds = time.time() - started
 
     final = os.path.join(out, "checkpoint")
     if lead and os.path.exists(final):  # left by an earlier attempt of a resume
@@ -534,14 +706,23 @@ def cmd_train(args) -> int:
     write_json(os.path.join(out, "groups.json"), result.groups_json())
     results = {
         "method": config.baseline or "dmtg",
+        "effective_groups": num_groups(config, len(data.tasks)),
         "groups": result.groups,
         "assignment_confidence": round(float(result.probabilities.max(1).mean()), 6),
         "test": result.test,
         "val": result.val,
+        "finetune_epochs": config.finetune_epochs,
+        "finetune_selected_epoch": int(result.finetune_selected_epoch),
+        "finetune_selected_val_total_loss": round(
+            float(result.finetune_selected_val_loss), 6
+        ),
+        "pruned_val_total_loss": round(float(result.pruned_val_loss), 6),
+        # The main run's own time; each baseline records its own.
         "wall_seconds": round(seconds, 2),
     }
     if baselines:
         results["baselines"] = baselines
+        results["total_wall_seconds"] = round(total_seconds, 2)
     write_json(os.path.join(out, "results.json"), results)
     # The whole log, so that a resumed run plots its steps before the resume.
     history = [r for r in read_jsonl(metrics_path) if "step" in r]
@@ -554,6 +735,43 @@ def cmd_train(args) -> int:
         )
     _print_summary(result, results, out)
     return 0
+
+
+# Everything a run writes into its folder before its results.
+_RUN_START_FILES = ("config.json", "metrics.jsonl", "checkpoints", "tensorboard")
+
+
+def _saved_steps(checkpoints) -> list[int]:
+    """Steps of the run's complete checkpoints; empty when none can be read."""
+    try:
+        return checkpoints.steps()
+    except Exception:  # noqa: BLE001 - an unreadable folder holds no checkpoint
+        return []
+
+
+def _close_all(log, checkpoints, boards) -> None:
+    """Closes the run's writers; safe to call more than once."""
+    for closer in (log, checkpoints, *boards):
+        try:
+            closer.close()
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+
+
+def _remove_fresh_run(args, out: str) -> None:
+    """Removes what a fresh run wrote to ``out`` (and ``out`` if it made it)."""
+    for name in os.listdir(out) if os.path.isdir(out) else ():
+        path = os.path.join(out, name)
+        if name in _RUN_START_FILES or name.startswith(".tmp"):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+    if getattr(args, "_created_out", False):
+        try:
+            os.rmdir(out)
+        except OSError:
+            pass
 
 
 class _Fanout:
@@ -579,9 +797,16 @@ class _NullLog:
 
 
 def _print_summary(result, results, out) -> None:
-    print(f"groups ({len(result.groups)}):")
-    for i, g in enumerate(result.groups):
-        print(f"  {i}: {', '.join(g)}")
+    if result.config.finetune_epochs and not result.finetune_improved:
+        print(
+            f"note: none of the {result.config.finetune_epochs} fine-tuning epochs "
+            "improved the validation loss "
+            f"({result.pruned_val_loss:.4g}); reporting the pruned network before "
+            "fine-tuning. Try a lower --lr or fewer --finetune-epochs.",
+        )
+    print(f"groups ({len(result.groups)}, by group index as in groups.json):")
+    for k, g in zip(result.pruned.kept, result.groups, strict=True):
+        print(f"  {int(k)}: {', '.join(g)}")
     rows = [(results["method"], results["test"])]
     rows += [(k, v["test"]) for k, v in results.get("baselines", {}).items()]
     for name, test in rows:
@@ -629,7 +854,8 @@ def main(argv=None) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        print("tgjax: interrupted", file=sys.stderr)
+        if not getattr(args, "_interrupt_reported", False):
+            print("tgjax: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
         if getattr(args, "debug", False):

@@ -218,6 +218,9 @@ class RunConfig:
     def from_json(cls, path) -> RunConfig:
         """Reads a config file written by :meth:`to_dict` (or by hand).
 
+        A run folder's ``config.json`` works too: its ``"run"`` block holds
+        the settings (the ``"data"`` block is not used).
+
         Raises:
           FileNotFoundError: when the file does not exist.
           ValueError: when it is a folder, unreadable, not UTF-8 JSON, not a
@@ -262,6 +265,7 @@ class RunConfig:
                 f"Config file {path} must hold a JSON object of settings such as "
                 f'{{"groups": 4}}, got a {type(values).__name__}.'
             )
+        values = settings_block(values)
         try:
             return cls.from_dict(values)
         except ValueError as e:
@@ -269,6 +273,19 @@ class RunConfig:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+
+
+def settings_block(values: dict) -> dict:
+    """The settings of a config file's JSON object.
+
+    A run folder's ``config.json`` (written by ``tgjax train``) keeps the
+    settings in its ``"run"`` block next to ``"data"`` and version fields;
+    that block is used. Any other object is the settings themselves.
+    """
+    run = values.get("run")
+    if isinstance(run, dict) and "data" in values:
+        return run
+    return values
 
 
 # Reference settings of the DMTG paper and its public code, as starting

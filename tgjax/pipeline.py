@@ -83,6 +83,12 @@ class FitResult:
       search_state: the final :class:`SearchState`.
       pruned: the fine-tuned :class:`PrunedNetwork`.
       config: the settings used.
+      finetune_selected_epoch: the fine-tuning epoch whose weights ``pruned``
+        holds (the best validation total loss); -1 means the pruned network
+        before fine-tuning, i.e. no fine-tuning epoch improved on it.
+      finetune_selected_val_loss: the validation total loss of that epoch.
+      pruned_val_loss: the validation total loss of the pruned network
+        before fine-tuning.
     """
 
     tasks: list[str]
@@ -95,6 +101,14 @@ class FitResult:
     search_state: SearchState
     pruned: PrunedNetwork
     config: RunConfig
+    finetune_selected_epoch: int = -1
+    finetune_selected_val_loss: float = float("nan")
+    pruned_val_loss: float = float("nan")
+
+    @property
+    def finetune_improved(self) -> bool:
+        """Whether a fine-tuning epoch beat the pruned network on validation."""
+        return self.finetune_selected_epoch >= 0
 
     def groups_json(self) -> dict:
         return {
@@ -443,6 +457,8 @@ def fit(
     best_val = evaluate(
         lambda xb: pruned_outputs(params, mstate, xb), data.val.x, data.val.y, data
     )
+    pruned_val_loss = best_val["total_loss"]
+    best_epoch = -1  # the pruned network before fine-tuning
     if config.finetune_epochs:
         ft_opt = make_optimizer(config.learning_rate, weight_decay=config.weight_decay)
         ft_opt = _weights_only(ft_opt)
@@ -488,6 +504,7 @@ def fit(
             )
             if val["total_loss"] < best_val["total_loss"]:
                 best, best_val = jax.tree.map(jnp.copy, (p, s)), val
+                best_epoch = epoch
             _emit(
                 callback,
                 "epoch",
@@ -517,8 +534,19 @@ def fit(
         search_state=state,
         pruned=pruned,
         config=config,
+        finetune_selected_epoch=best_epoch,
+        finetune_selected_val_loss=float(best_val["total_loss"]),
+        pruned_val_loss=float(pruned_val_loss),
     )
-    _emit(callback, "done", {"test": test})
+    _emit(
+        callback,
+        "done",
+        {
+            "test": test,
+            "finetune_epochs": config.finetune_epochs,
+            "finetune_selected_epoch": best_epoch,
+        },
+    )
     return result
 
 

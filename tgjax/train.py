@@ -216,6 +216,8 @@ def loss_matrix(
       ``(L, new_model_state)``.
     """
     outputs, new_state = model.apply(params, model_state, x, train=train, rng=rng)
+    if loss_fn is None:
+        check_head_outputs(outputs.shape, codes)
     if loss_fn is not None:
         if per_example:
             raise ValueError(
@@ -275,6 +277,38 @@ def _locate_faults(grads: dict, new_assignment: Array) -> tuple[Array, Array]:
     return fault, branch_fault
 
 
+def check_head_outputs(
+    shape: tuple[int, ...], codes: TaskCodes, names: Sequence[str] | None = None
+) -> None:
+    """Checks search outputs `[groups, tasks, batch, D]` against the tasks.
+
+    The built-in losses read ``num_classes`` outputs of each task's head, so
+    every head must be at least as wide as the widest task
+    (:func:`tgjax.tasks.output_size`). Shapes are static, so this runs once,
+    when the step or loss is traced.
+
+    Raises:
+      ValueError: naming the head width, the widest task and the fix.
+    """
+    n_tasks = len(codes.num_classes)
+    if len(shape) < 4 or shape[1] != n_tasks:
+        got = shape[1] if len(shape) >= 2 else "?"
+        raise ValueError(
+            f"The model gives outputs for {got} task(s) but there are {n_tasks} "
+            f"tasks; build GroupedModel(..., num_tasks={n_tasks})."
+        )
+    width, need = int(shape[-1]), int(np.max(codes.num_classes))
+    if width < need:
+        i = int(np.argmax(codes.num_classes))
+        who = f"task {names[i]!r}" if names is not None else f"task {i}"
+        raise ValueError(
+            f"The task heads give {width} output(s), but {who} needs {need} "
+            f"(its num_classes; a binary task needs 2). Build the model with "
+            "head=nn.Dense(output_size(tasks)) (tgjax.output_size) so every "
+            "head is as wide as the widest task."
+        )
+
+
 def make_train_step(
     model: GroupedModel,
     tasks: Sequence[Task],
@@ -314,8 +348,9 @@ def make_train_step(
       ``step(state, batch, tau)`` with ``batch = {"x": [batch, ...],
       "y": [batch, tasks]}``. Metrics: ``loss`` (the objective without the
       regulariser), ``loss_matrix`` `[tasks, groups]`, ``assignment`` z,
-      ``probabilities`` softmax(S), ``tau``, ``finite`` (False when the
-      loss, a gradient or S stopped being finite), and where it happened:
+      ``probabilities`` softmax(S) after this step's update (as the returned
+      state holds it), ``tau``, ``finite`` (False when the loss, a gradient
+      or S stopped being finite), and where it happened:
       ``fault`` `[tasks, groups]` (head gradient, S's gradient or S) and
       ``branch_fault`` `[groups]` (branch gradient).
     """
@@ -335,6 +370,16 @@ def make_train_step(
     if sample_shards < 1:
         raise ValueError(f"sample_shards must be >= 1, got {sample_shards}.")
     codes = TaskCodes.from_tasks(tasks)
+    names = [t.name for t in tasks]
+    if model.num_tasks != len(tasks):
+        raise ValueError(
+            f"GroupedModel has num_tasks={model.num_tasks} but make_train_step "
+            f"got {len(tasks)} tasks; build the model with "
+            f"num_tasks={len(tasks)} (len(tasks))."
+        )
+    features = getattr(model.head, "features", None)
+    if loss_fn is None and isinstance(features, int):
+        check_head_outputs((model.num_groups, len(tasks), 1, features), codes, names)
     hard = sample == "straight_through"
     per_example = sample_scope != "batch" and fixed_assignment is None
     shards = sample_shards if sample_scope == "device" else None
@@ -412,7 +457,7 @@ def make_train_step(
             "loss": total,
             "loss_matrix": lm,
             "assignment": z,
-            "probabilities": jax.nn.softmax(state.assignment, axis=-1),
+            "probabilities": jax.nn.softmax(new["assignment"], axis=-1),
             "tau": tau,
             "finite": finite,
             "fault": fault,

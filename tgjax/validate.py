@@ -38,6 +38,8 @@ RUN_FILES = frozenset(
         "results.json",
         "report.md",
         "report.html",
+        "figures",
+        "tensorboard",
     }
 )
 
@@ -200,6 +202,31 @@ def check_data(data) -> None:
     check_train_labels(data.train.y, data.tasks)
 
 
+def check_branch_inputs(branch: str, shape: tuple[int, ...]) -> None:
+    """Checks that the branch network can read inputs of ``shape``.
+
+    The ``celeba`` branch is a convolutional encoder of RGB images; it needs
+    `[examples, height, width, 3]` inputs of at least 5 x 5 pixels. The
+    ``mlp`` branch reads any `[examples, ...]` array (flattened).
+
+    Raises:
+      ValueError: naming the inputs' shape and the branch that fits them.
+    """
+    if branch != "celeba":
+        return
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[-1] == 3 and min(shape[1:3]) >= 5:
+        return
+    per_example = " x ".join(str(d) for d in shape[1:]) or "scalar"
+    raise ValueError(
+        f"--branch celeba (branch='celeba', also set by --preset celeba9-parity) "
+        f"needs images of shape [examples, height, width, 3] with height and "
+        f"width of at least 5, but the data's inputs have shape {list(shape)} "
+        f"({per_example} per example). Use --branch mlp (branch='mlp') for "
+        "tabular or flattened inputs."
+    )
+
+
 def check_settings(config, data) -> list[str]:
     """Checks settings against the data they will run on.
 
@@ -211,8 +238,10 @@ def check_settings(config, data) -> list[str]:
       Notes for the user (e.g. about K > N); empty when there is nothing to say.
 
     Raises:
-      ValueError: for a batch larger than the train split.
+      ValueError: for a batch larger than the train split, or the CelebA
+        branch on inputs that are not `[examples, height, width, 3]` images.
     """
+    check_branch_inputs(config.branch, data.train.x.shape)
     n_train = len(data.train)
     if config.batch_size > n_train:
         raise ValueError(
@@ -222,6 +251,14 @@ def check_settings(config, data) -> list[str]:
             "or less, or add data."
         )
     notes = []
+    late = [e for e in config.lr_halving_epochs if e >= config.epochs]
+    if late:
+        shown = ",".join(str(e) for e in late)
+        notes.append(
+            f"lr_halving_epochs {shown} (--lr-halving-epochs) at or beyond the "
+            f"{config.epochs} search epochs (--epochs) are never reached: the "
+            "learning rates halve only during the search."
+        )
     n_tasks = len(data.tasks)
     if config.baseline is None and config.groups > n_tasks:
         notes.append(
@@ -337,6 +374,14 @@ def check_run_folder(out: str, overwrite: bool) -> bool:
     return True
 
 
+# The resume clause of a fault message; the command line replaces it with the
+# command for its run folder, or drops it when there is no checkpoint yet.
+RESUME_HINT = (
+    ", or continue from the last checkpoint with 'tgjax train --resume RUN_DIR' "
+    "(fit(..., resume=True) in Python)"
+)
+
+
 def find_fault(metrics: dict) -> int | None:
     """Index of the first step whose ``finite`` flag is False, or None.
 
@@ -383,5 +428,5 @@ def fault_message(metrics: dict, index: int, step: int, tasks: Sequence[Task]) -
     return (
         f"Training stopped at step {step}: a non-finite value appeared; {where}. "
         "Lower the learning rate (--lr, --assignment-lr), check the inputs for "
-        "extreme values, or resume from the last checkpoint."
+        f"extreme values{RESUME_HINT}."
     )
