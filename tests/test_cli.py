@@ -224,3 +224,18 @@ def test_cosine_tau_schedule_decays_to_its_floor_over_the_search(tmp_path):
     assert taus[0] == 4.0
     assert all(a >= b for a, b in zip(taus[:-1], taus[1:], strict=True))
     assert abs(taus[-1] - 0.5) < 0.05
+
+
+def test_a_config_file_overrides_only_the_settings_it_names(tmp_path):
+    import argparse
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"epochs": 3}))
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "celeba9-parity", "--config", str(path)]
+    )
+    config = cli._config_from_args(args)
+    assert isinstance(args, argparse.Namespace)
+    assert config.epochs == 3  # from the file
+    assert config.lr_halving_epochs == (15, 30, 45, 60, 75, 90)  # from the preset
+    assert config.branch == "celeba"

@@ -257,7 +257,12 @@ def _config_from_args(args):
     values = dict(PRESETS[args.preset]) if args.preset else {}
     given = {}  # setting -> where it was set: a flag or the --config file
     if args.config:
-        values.update(dataclasses.asdict(RunConfig.from_json(args.config)))
+        from tgjax.config import settings_block
+        from tgjax.runio import read_json
+
+        # Only the settings the file names override the preset.
+        from_file = RunConfig.from_json(args.config).to_dict()
+        values.update({k: from_file[k] for k in settings_block(read_json(args.config))})
         given.update({k: f"{k} in {args.config}" for k in _config_keys(args.config)})
     for flag, setting in _FLAG_TO_SETTING.items():
         v = getattr(args, flag)
