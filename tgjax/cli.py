@@ -384,8 +384,13 @@ def _print_tasks(data) -> None:
     """One line per task with its kind, before training starts."""
     print(f"tasks ({len(data.tasks)}) of {data.name}:", file=sys.stderr)
     for t in data.tasks:
-        kind = t.kind if t.kind != "multiclass" else f"multiclass, {t.num_classes}"
-        print(f"  {t.name}: {kind}", file=sys.stderr)
+        # Notes of loaded files say how the kind was found and labels mapped.
+        note = data.task_notes.get(t.name)
+        if note is None:
+            note = t.kind if t.kind != "multiclass" else f"multiclass, {t.num_classes}"
+        elif note.startswith(f"{t.name}: "):
+            note = note[len(t.name) + 2 :]
+        print(f"  {t.name}: {note}", file=sys.stderr)
 
 
 def _prepare_out(args, data, config) -> str:
