@@ -299,7 +299,7 @@ def test_task_kinds_flag_sets_the_kind_of_a_file_task(tmp_path, capsys):
     assert cli.main([*base, *small, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert "tasks (2) of counts:" in err
-    assert "  a: binary" in err and "  n: multiclass, 5" in err
+    assert "  a: binary" in err and "  n: multiclass, inferred (5 classes" in err
 
     out = tmp_path / "forced"
     flags = ["--task-kinds", "n=regression", "--quiet"]
