@@ -21,7 +21,8 @@ groups off it, prunes unused heads and branches, fine-tunes and evaluates.
 """
 
 
-def _int_list(text: str) -> tuple[int, ...]:
+def int_list(text: str) -> tuple[int, ...]:
+    """Parses a flag value such as ``64,64`` into integers."""
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -96,7 +97,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--weight-decay", type=float, default=None)
     run.add_argument(
         "--lr-halving-epochs",
-        type=_int_list,
+        type=int_list,
         default=None,
         metavar="E1,E2",
         help="halve the learning rates at these epochs",
@@ -114,7 +115,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     run.add_argument("--entropy-weight", type=float, default=None)
     run.add_argument("--branch", choices=("mlp", "celeba"), default=None)
     run.add_argument(
-        "--hidden", type=_int_list, default=None, metavar="W1,W2", help="MLP widths"
+        "--hidden", type=int_list, default=None, metavar="W1,W2", help="MLP widths"
     )
     run.add_argument(
         "--baseline",

@@ -13,17 +13,9 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-
-
 def add_parser(sub) -> argparse.ArgumentParser:
     """Registers ``compare`` on an argparse subparsers object."""
+    from tgjax.cli import int_list  # the main parser is built by tgjax.cli
     from tgjax.compare import METHODS
 
     p = sub.add_parser(
@@ -54,7 +46,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
         help="seeds 0..R-1 for random and dmtg (default: --seeds)",
     )
     p.add_argument("--epochs", type=int, required=True, help="epochs per training")
-    p.add_argument("--hidden", type=_widths, default=None, metavar="W1,W2")
+    p.add_argument("--hidden", type=int_list, default=None, metavar="W1,W2")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="learning rate (8e-4)")
     p.add_argument("--assignment-lr", type=float, default=None, help="dmtg's S lr")
