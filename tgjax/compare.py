@@ -291,34 +291,26 @@ def compare(
             )
         say("random: done")
 
-    if "dmtg" in config.methods:
-        for seed in config.seeds_of("dmtg"):
+    # The one-shot search at the oracle's budget, and searched until settled.
+    dmtg_variants = (
+        ("dmtg", config.epochs, None),
+        ("dmtg-settled", config.settle_max_epochs, config.settle_threshold),
+    )
+    for method, search_epochs, threshold in dmtg_variants:
+        if method not in config.methods:
+            continue
+        for seed in config.seeds_of(method):
             cfg = dataclasses.replace(
                 run,
                 groups=k,
-                epochs=config.epochs,
+                epochs=search_epochs,
                 finetune_epochs=config.epochs,
                 seed=seed,
                 baseline=None,
             )
-            records.append(_run_dmtg("dmtg", data, cfg, spe, None))
-            say(f"dmtg: seed {seed} -> {records[-1]['groups']}")
-
-    if "dmtg-settled" in config.methods:
-        for seed in config.seeds_of("dmtg-settled"):
-            cfg = dataclasses.replace(
-                run,
-                groups=k,
-                epochs=config.settle_max_epochs,
-                finetune_epochs=config.epochs,
-                seed=seed,
-                baseline=None,
-            )
-            records.append(
-                _run_dmtg("dmtg-settled", data, cfg, spe, config.settle_threshold)
-            )
+            records.append(_run_dmtg(method, data, cfg, spe, threshold))
             say(
-                f"dmtg-settled: seed {seed}, {records[-1]['search_epochs']} search "
+                f"{method}: seed {seed}, {records[-1]['search_epochs']} search "
                 f"epochs -> {records[-1]['groups']}"
             )
 
