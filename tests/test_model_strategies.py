@@ -100,21 +100,30 @@ def test_unknown_strategy_is_an_error():
         _model(tgjax.MLP((8,)), "unrolled")
 
 
-def test_separable_max_pool_matches_window_max_pool():
+@pytest.mark.parametrize(
+    "shape", [(2, 11, 12, 3), (2, 64, 64, 4), (1, 3, 3, 1), (3, 8, 7, 2)]
+)
+def test_max_pool_matches_window_max_pool(shape):
     from tgjax.model import max_pool_3x3_stride2
 
-    h = jax.random.normal(jax.random.key(3), (2, 11, 12, 3), jnp.float32)
-    ref = nn.max_pool(h, (3, 3), strides=(2, 2), padding="VALID")
-    np.testing.assert_array_equal(max_pool_3x3_stride2(h), ref)
+    # Small integers make many tied maxima; the gradient must still go to
+    # each window's first maximum, as select-and-scatter sends it.
+    rng = np.random.default_rng(sum(shape))
+    h = jnp.asarray(rng.integers(-3, 4, shape), jnp.float32)
 
-    # Behind a ReLU (as in CelebAEncoder) the gradients agree exactly, ties
-    # at zero included.
-    def loss(pool, h):
-        return jnp.sum(jnp.sin(pool(jax.nn.relu(h))))
+    def ref(a):
+        return nn.max_pool(a, (3, 3), strides=(2, 2), padding="VALID")
 
-    window = jax.grad(
-        lambda h: loss(lambda a: nn.max_pool(a, (3, 3), (2, 2), "VALID"), h)
-    )(h)
-    np.testing.assert_allclose(
-        jax.grad(lambda h: loss(max_pool_3x3_stride2, h))(h), window, atol=1e-6
-    )
+    out = ref(h)
+    np.testing.assert_array_equal(max_pool_3x3_stride2(h), out)
+    g = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+    want = jax.vjp(ref, h)[1](g)[0]
+    got = jax.jit(lambda h, g: jax.vjp(max_pool_3x3_stride2, h)[1](g)[0])(h, g)
+    batched = jax.vmap(lambda h, g: jax.vjp(max_pool_3x3_stride2, h)[1](g)[0])(
+        h[None], g[None]
+    )[0]
+    # Equal up to the order in which overlapping windows' gradients add.
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(batched, want, rtol=0, atol=1e-6)
+    # A wrong tap would move whole gradient values, not rounding errors.
+    assert np.count_nonzero(np.asarray(got)) == np.count_nonzero(np.asarray(want))
