@@ -1,5 +1,6 @@
 """Dense Taskonomy tasks: losses, masks, metrics, modules and the whole job."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -264,7 +265,7 @@ def test_pruned_spatial_heads_match_the_selected_search_heads(grouped):
 def test_decoder_channels_a_task_does_not_read_get_no_gradient():
     head = dense.UpsampleDecoder((4,), out_channels=D)
     f = jnp.ones((1, 2, 2, 4))
-    variables = head.init(jax.random.key(0), f)
+    variables = jax.jit(head.init)(jax.random.key(0), f)
     task = _one("depth_zbuffer")
     y = {
         "targets": {"depth_zbuffer": jnp.zeros((1, 4, 4, 1))},
@@ -274,9 +275,18 @@ def test_decoder_channels_a_task_does_not_read_get_no_gradient():
     def loss(v):
         return dense.make_loss_fn(task)(head.apply(v, f)[None], y)[0]
 
-    g = jax.jit(jax.grad(loss))(variables)["params"]["Conv_1"]["kernel"]
+    g = jax.jit(jax.grad(loss))(variables)["params"]["PatchConv3x3_1"]["kernel"]
     assert g.shape[-1] == D
     assert np.any(g[..., 0]) and not np.any(g[..., 1:])
+
+
+def test_patch_conv_equals_a_flax_conv():
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(2, 5, 4, 3)), jnp.float32)
+    patch = dense.PatchConv3x3(6)
+    variables = patch.init(jax.random.key(1), x)
+    variables = jax.tree.map(lambda a: a + 0.1, variables)  # a non-zero bias
+    want = nn.Conv(6, (3, 3)).apply(variables, x)
+    np.testing.assert_allclose(patch.apply(variables, x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_task_and_config_checks():
@@ -304,9 +314,9 @@ def test_fit_dense_on_a_taskonomy_fixture(tmp_path):
         finetune_epochs=1,
         batch_size=3,
         learning_rate=1e-2,
-        encoder_widths=(4, 8),
+        encoder_widths=(4,),
         stem_width=4,
-        decoder_widths=(8, 4),
+        decoder_widths=(4,),
     )
     events = []
     res = dense.fit_dense(

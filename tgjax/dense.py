@@ -555,14 +555,52 @@ class DenseEncoder(nn.Module):
         return h
 
 
+class PatchConv3x3(nn.Module):
+    """A 3x3 convolution (stride 1, SAME padding) as patches times a matrix.
+
+    The same function and parameters (``kernel`` `[3, 3, C_in, C_out]`,
+    ``bias``) as ``nn.Conv(C_out, (3, 3))``, computed as the nine shifted
+    copies of the padded input, concatenated, times the reshaped kernel.
+    :class:`tgjax.GroupedModel` runs the heads under ``vmap`` over groups and
+    tasks; ``vmap`` turns an ``nn.Conv`` with per-head kernels into a grouped
+    convolution, whose gradient XLA:CPU computes about 100 times slower than
+    plain convolutions, while this form becomes a batched matrix product (its
+    gradient 15-20 times faster than the grouped convolution's on 2 CPU
+    cores).
+
+    Attributes:
+      features: output channels.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (3, 3, c, self.features)
+        )
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        h, w = x.shape[-3], x.shape[-2]
+        pad = [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
+        xp = jnp.pad(x, pad)
+        patches = jnp.concatenate(
+            [xp[..., i : i + h, j : j + w, :] for i in range(3) for j in range(3)],
+            axis=-1,
+        )
+        out = jnp.einsum("...k,kf->...f", patches, kernel.reshape(9 * c, self.features))
+        return out + bias.reshape((1,) * (out.ndim - 1) + (self.features,))
+
+
 class UpsampleDecoder(nn.Module):
     """Upsampling decoder head: `[batch, h, w, C] -> [batch, h*u, w*u, D]`.
 
     One step per entry of ``widths``: nearest-neighbour x2 upsampling, conv3x3
     + GroupNorm + ReLU (resize then convolve, which avoids the checkerboard
     pattern of strided transposed convolutions); then a conv3x3 to
-    ``out_channels``. ``u = 2 ** len(widths)`` must equal the encoder's
-    downsampling factor.
+    ``out_channels``. The convolutions are :class:`PatchConv3x3`, which run
+    fast under the ``vmap`` that evaluates all heads at once.
+    ``u = 2 ** len(widths)`` must equal the encoder's downsampling factor.
 
     One decoder for all tasks: :class:`tgjax.GroupedModel` builds ONE head
     module and stacks its parameters over `[groups, tasks]`, so every task's
@@ -589,8 +627,8 @@ class UpsampleDecoder(nn.Module):
     def __call__(self, h):
         for w in self.widths:
             h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
-            h = nn.relu(_norm(w)(nn.Conv(w, (3, 3))(h)))
-        return nn.Conv(self.out_channels, (3, 3))(h)
+            h = nn.relu(_norm(w)(PatchConv3x3(w)(h)))
+        return PatchConv3x3(self.out_channels)(h)
 
 
 # ---------------------------------------------------------------------------
