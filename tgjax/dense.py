@@ -935,9 +935,16 @@ def fit_dense(
 
     assignment = read_groups(state.assignment)
     probabilities = np.asarray(jax.nn.softmax(state.assignment, axis=-1))
-    params, mstate, kept, task_branch = prune(
-        state.params, state.model_state, assignment
-    )
+    # One compiled pruning instead of one small gather per leaf. ``kept`` and
+    # ``task_branch`` come from the concrete assignment while tracing.
+    index = {}
+
+    def prune_variables(p, s):
+        p, s, index["kept"], index["task_branch"] = prune(p, s, assignment)
+        return p, s
+
+    params, mstate = jax.jit(prune_variables)(state.params, state.model_state)
+    kept, task_branch = index["kept"], index["task_branch"]
     groups = [[names[i] for i in np.flatnonzero(assignment == g)] for g in kept]
     emit("groups", {"groups": groups, "assignment": assignment.tolist()})
 
