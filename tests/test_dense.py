@@ -1,5 +1,7 @@
 """Dense Taskonomy tasks: losses, masks, metrics, modules and the whole job."""
 
+import doctest
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -348,3 +350,8 @@ def test_fit_dense_on_a_taskonomy_fixture(tmp_path):
         strict=True,
     ):
         np.testing.assert_array_equal(a, b)
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(dense, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 4 and result.failed == 0
