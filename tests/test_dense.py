@@ -355,3 +355,38 @@ def test_fit_dense_on_a_taskonomy_fixture(tmp_path):
 def test_docstring_examples_run():
     result = doctest.testmod(dense, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted >= 4 and result.failed == 0
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_backbone_shared_or_per_branch(shared):
+    tasks = dense.taskonomy_tasks(["depth_zbuffer", "segment_semantic"])
+    cfg = dense.DenseConfig(
+        tasks=("depth_zbuffer", "segment_semantic"),
+        groups=3,
+        encoder_widths=(4, 8),
+        stem_width=4,
+        decoder_widths=(8, 4),
+        shared_backbone=shared,
+    )
+    model = dense.build_dense_model(cfg, tasks)
+    x = jnp.zeros((2, 8, 8, 3))
+    params, state = jax.eval_shape(model.init_variables, jax.random.key(0), x)
+    out = jax.eval_shape(lambda p, s: model.apply(p, s, x)[0], params, state)
+    assert out.shape == (3, 2, 2, 8, 8, D)  # [groups, tasks, batch, H, W, D]
+    stem = params["backbone"] if shared else params["branches"]["ConvStem_0"]
+    assert jax.tree.leaves(stem)
+    assert ("ConvStem_0" in params["branches"]) is not shared
+    # Every branch and head has its own copy: [groups, ...] and [groups, tasks, ...].
+    assert all(a.shape[0] == 3 for a in jax.tree.leaves(params["branches"]))
+    assert all(a.shape[:2] == (3, 2) for a in jax.tree.leaves(params["heads"]))
+
+
+def test_fit_dense_refuses_sizes_the_encoder_cannot_halve():
+    rec = {
+        "x": np.zeros((6, 6, 3), np.float32),
+        "targets": {"depth_zbuffer": np.zeros((6, 6, 1), np.float32)},
+        "masks": {"depth_zbuffer": np.ones((6, 6), bool)},
+    }
+    cfg = dense.DenseConfig(tasks=("depth_zbuffer",), batch_size=1)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        dense.fit_dense([rec], [rec], [rec], cfg)
