@@ -648,7 +648,7 @@ class DenseConfig:
 
     Attributes:
       tasks: Taskonomy task names.
-      groups: K.
+      groups: K (ignored by the baselines).
       epochs, finetune_epochs: search and fine-tuning epochs.
       batch_size: examples per step.
       learning_rate, assignment_learning_rate: Adam rates of the weights and
@@ -660,6 +660,9 @@ class DenseConfig:
       shared_backbone: the stem is one module shared by all branches (as the
         paper shares the first layers); False gives each branch its own.
       normal_loss: ``"l1"`` or ``"cosine"``.
+      baseline: None (the search), ``"mtl"`` (K = 1: every task on one
+        branch) or ``"stl"`` (K = N with S fixed to the identity: one branch
+        per task).
       init: ``"tied"`` or ``"independent"``.
       assignment_noise: std of the noise on S's all-ones start.
       seed: seed of initialisation, sampling and data order.
@@ -679,6 +682,7 @@ class DenseConfig:
     decoder_widths: tuple[int, ...] = (32, 16)
     shared_backbone: bool = True
     normal_loss: str = "l1"
+    baseline: str | None = None
     init: str = "tied"
     assignment_noise: float = 1e-3
     seed: int = 0
@@ -701,6 +705,10 @@ class DenseConfig:
             )
         if not (self.tau > 0 and math.isfinite(self.tau)):
             raise ValueError(f"tau must be a finite number > 0, got {self.tau!r}.")
+        if self.baseline not in (None, "mtl", "stl"):
+            raise ValueError(
+                f"baseline must be None, 'mtl' or 'stl', got {self.baseline!r}."
+            )
         if self.normal_loss not in NORMAL_LOSSES:
             raise ValueError(
                 f"normal_loss must be one of {NORMAL_LOSSES}, got {self.normal_loss!r}."
@@ -826,6 +834,9 @@ def fit_dense(
     best validation total loss, or the pruned network if none beats it) and
     reports test metrics.
 
+    ``config.baseline`` runs the MTL (K = 1) or STL (K = N, S fixed to the
+    identity) baseline through the same stages instead of the search.
+
     Args:
       train_records, val_records, test_records: decoded records (see
         :mod:`tgjax.data.taskonomy`) or stacked dicts (see
@@ -864,12 +875,17 @@ def fit_dense(
             f"batch_size {config.batch_size} is larger than the training split "
             f"({len(x_tr)} examples)."
         )
-    model = build_dense_model(config, tasks)
+    n = len(tasks)
+    stl = config.baseline == "stl"
+    k = {"mtl": 1, "stl": n}.get(config.baseline, config.groups)
+    model = build_dense_model(config, tasks, k)
     loss_fn = make_loss_fn(tasks)
     optimizer = make_optimizer(
         config.learning_rate,
         assignment_learning_rate=config.assignment_learning_rate,
+        freeze_assignment=stl,
     )
+    identity = jnp.eye(n, dtype=jnp.float32) if stl else None
     root = jax.random.key(config.seed)
     k_init, k_data, k_ft = jax.random.split(root, 3)
     # One compiled initialisation: run eagerly, each of the many small
@@ -880,11 +896,17 @@ def fit_dense(
             optimizer,
             k,
             x_tr[:2],
+            assignment=identity,
             assignment_noise=config.assignment_noise,
         )
     )(k_init)
     step = make_train_step(
-        model, [t.as_task() for t in tasks], optimizer, loss_fn=loss_fn, jit=False
+        model,
+        [t.as_task() for t in tasks],
+        optimizer,
+        loss_fn=loss_fn,
+        fixed_assignment=identity,
+        jit=False,
     ).core
     tau = jnp.float32(config.tau)
     steps_per_epoch = len(x_tr) // config.batch_size
