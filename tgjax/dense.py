@@ -11,16 +11,18 @@ batch::
                      "keypoints2d": [B, H, W, 1], "edge_texture": [B, H, W, 1]},
          "masks": {task: [B, H, W] bool, True where the target is valid}}
 
-Heads output `[batch, H, W, D]` with ``D`` = 18, the widest task
-(segmentation's classes); task i reads its first ``channels`` outputs (see
-:class:`UpsampleDecoder` for why one decoder serves all tasks).
+Heads output `[batch, H, W, D]` with ``D`` the widest task's channels (18,
+segmentation's classes, when it is among the tasks); task i reads its first
+``channels`` outputs (see :class:`UpsampleDecoder` for why one decoder serves
+all tasks).
 
 Losses (:func:`make_loss_fn`), each per example and masked: the loss of one
 example is the mean of a per-pixel loss over its valid pixels, and the batch
 loss of a task is the mean over the examples that have at least one valid
-pixel (0, with no gradient, when no example has one). Masked pixels are
-replaced before any arithmetic, so neither their prediction nor their target
-can reach the loss or a gradient.
+pixel (0, with no gradient, when no example has one). Targets at masked
+pixels are replaced before any arithmetic (an invalid or NaN target is
+harmless), and the per-pixel loss there is selected away, so the (finite)
+prediction at a masked pixel changes neither the loss nor any gradient.
 
 - depth_zbuffer, keypoints2d, edge_texture: L1, the absolute error.
 - normal: L1 on the three components by default, ``"cosine"`` (1 - cosine
