@@ -90,6 +90,11 @@ TINY_BUILDINGS = {
 
 Buildings, not images, are split, so that no room is seen in training and
 evaluation alike.
+
+Checked building by building against the official split file of the
+omnidata tools, repository EPFL-VILAB/omnidata, path
+``omnidata_tools/torch/dataloader/component_datasets/taskonomy/train_val_test_tiny.csv``
+(columns ``id,train,val,test``): all 35 names and their splits match.
 """
 
 PRESETS = {"tiny": TINY_BUILDINGS}
