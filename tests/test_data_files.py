@@ -275,6 +275,31 @@ def test_huge_feature_and_target_scales_standardise_in_float64():
         from_arrays("big", tasks, x, np.c_[y[:, :1], np.full(n, 1e300)])
 
 
+@pytest.mark.parametrize("value", [1e20, 1e30, -1e30])
+def test_an_outlier_regression_label_is_named(tmp_path, value):
+    # Finite in float32, but its squared error would overflow: the loss of
+    # whichever split holds it would be infinite.
+    from tgjax.data.base import split_indices
+
+    rows = ["f1,task:a,task:r"]
+    for i in range(60):
+        rows.append(f"{i % 5},{i % 2},{(i % 9) * 0.5}")
+    _, _, test = split_indices(60, (0.2, 0.2), 0)
+    row = int(test[0])
+    rows[row + 1] = f"3,1,{value:g}"
+    path = tmp_path / "outlier.csv"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=rf"'r'.*example {row},.*overflow float32"):
+        load_file(path, kinds={"r": "regression"})
+    # In the train split the same value only widens the train statistics.
+    train_row = int(split_indices(60, (0.2, 0.2), 0)[0][0])
+    rows[row + 1] = f"3,1,{(row % 9) * 0.5}"
+    rows[train_row + 1] = f"3,1,{value:g}"
+    path.write_text("\n".join(rows) + "\n")
+    data = load_file(path, kinds={"r": "regression"})
+    assert np.isfinite(data.train.y).all() and np.isfinite(data.target_std).all()
+
+
 def test_csv_feature_and_target_scaled_by_1e25_load(tmp_path):
     rows = ["f1,big,task:a,task:r"]
     for i in range(40):

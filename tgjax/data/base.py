@@ -12,6 +12,9 @@ from tgjax.tasks import Task, check_tasks
 from tgjax.validate import check_split_sizes
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+# A standardised regression target further out than this overflows float32
+# in a squared error summed over a batch ((1e12)**2 * 1e6 < 3.4e38).
+_MAX_STANDARD_SCORE = 1e12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,13 +272,16 @@ def from_arrays(
                 std[i] = s if s > 0 else 1.0
     z = (y64 - mean) / std
     finite = np.isfinite(y64)
-    bad = finite & ~(np.abs(z) <= _FLOAT32_MAX)
+    bad = finite & ~(np.abs(z) <= _MAX_STANDARD_SCORE)
     if bad.any():
         row, col = np.argwhere(bad)[0]
+        split = "train" if row in set(tr.tolist()) else "validation or test"
         raise ValueError(
-            f"Target column {col} ({tasks[col].name!r}) cannot be standardised in "
-            f"float32 (value {y64[row, col]!r}, train mean {mean[col]:.4g}, std "
-            f"{std[col]:.4g}); rescale the column to a moderate range."
+            f"Target column {col} ({tasks[col].name!r}) holds {y64[row, col]!r} "
+            f"(example {row}, {split} split), {abs(z[row, col]):.3g} train standard "
+            f"deviations from the train mean {mean[col]:.4g} (std {std[col]:.4g}); "
+            "its squared error would overflow float32. Fix or drop that value "
+            "(NaN marks a missing label), or rescale the column."
         )
     y = z.astype(np.float32)
     mean, std = mean.astype(np.float32), std.astype(np.float32)
