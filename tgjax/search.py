@@ -224,45 +224,93 @@ def run_search(
         epoch, offset = divmod(begin, steps_per_epoch)
         state, metrics = chunk_fn(state, x_dev, y_dev, epoch, offset, end - begin)
         metrics = jax.device_get(metrics)
-        # Steps before a fault are logged, so the metrics so far are kept.
-        bad = find_fault(metrics)
-        good_end = end if bad is None else begin + bad
-        for j, s in enumerate(range(begin, good_end)):
-            if s % log_every == 0 or (s + 1) % steps_per_epoch == 0:
-                record = {
-                    "phase": "search",
-                    "step": s,
-                    "epoch": epoch,
-                    "loss": float(metrics["loss"][j]),
-                    "tau": float(metrics["tau"][j]),
-                    "learning_rate": float(learning_rate(s))
-                    if learning_rate is not None
-                    else None,
-                    "assignment_learning_rate": float(assignment_learning_rate(s))
-                    if assignment_learning_rate is not None
-                    else None,
-                    "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
-                    "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
-                }
-                history.append(record)
-                _emit(callback, "log", record)
-        if bad is not None:
-            if check is not None:
-                check(metrics, bad, begin)
-            raise FloatingPointError(f"Step {begin + bad} produced a non-finite value.")
-        epoch_losses.append(np.asarray(metrics["loss"]))
-        if end % steps_per_epoch == 0:
-            losses = np.concatenate(epoch_losses)
-            epoch_losses = []
-            if epoch_end is not None:
-                epoch_end(state, epoch, losses)
-        due = (every and end % every == 0) or (not every and end % steps_per_epoch == 0)
-        if checkpoints is not None and (due or end == total):
-            # The losses of a part-done epoch complete its mean after a resume.
-            partial = [float(v) for v in np.concatenate([[], *epoch_losses])]
-            meta = {"stage": "search", "step": end, "epoch_losses": partial}
-            checkpoints.save(end, state, meta)
+        _after_chunk(
+            state,
+            metrics,
+            begin,
+            end,
+            steps_per_epoch=steps_per_epoch,
+            total=total,
+            every=every,
+            log_every=log_every,
+            learning_rate=learning_rate,
+            assignment_learning_rate=assignment_learning_rate,
+            checkpoints=checkpoints,
+            callback=callback,
+            check=check,
+            epoch_end=epoch_end,
+            epoch_losses=epoch_losses,
+            history=history,
+        )
     return state, history
+
+
+def _after_chunk(
+    state,
+    metrics: dict,
+    begin: int,
+    end: int,
+    *,
+    steps_per_epoch: int,
+    total: int,
+    every: int,
+    log_every: int,
+    learning_rate,
+    assignment_learning_rate,
+    checkpoints: Checkpoints | None,
+    callback: Callback | None,
+    check,
+    epoch_end,
+    epoch_losses: list,
+    history: list,
+    meta: dict | None = None,
+) -> None:
+    """Logs, checks, ends epochs and checkpoints after steps ``[begin, end)``.
+
+    ``metrics`` are the host copies of the steps' stacked metrics;
+    ``epoch_losses`` collects the losses of the epoch in progress and
+    ``history`` the logged records (both are extended in place). ``meta``
+    adds entries to the checkpoint's record.
+    """
+    epoch = begin // steps_per_epoch
+    # Steps before a fault are logged, so the metrics so far are kept.
+    bad = find_fault(metrics)
+    good_end = end if bad is None else begin + bad
+    for j, s in enumerate(range(begin, good_end)):
+        if s % log_every == 0 or (s + 1) % steps_per_epoch == 0:
+            record = {
+                "phase": "search",
+                "step": s,
+                "epoch": epoch,
+                "loss": float(metrics["loss"][j]),
+                "tau": float(metrics["tau"][j]),
+                "learning_rate": float(learning_rate(s))
+                if learning_rate is not None
+                else None,
+                "assignment_learning_rate": float(assignment_learning_rate(s))
+                if assignment_learning_rate is not None
+                else None,
+                "probabilities": np.asarray(metrics["probabilities"][j]).tolist(),
+                "loss_matrix": np.asarray(metrics["loss_matrix"][j]).tolist(),
+            }
+            history.append(record)
+            _emit(callback, "log", record)
+    if bad is not None:
+        if check is not None:
+            check(metrics, bad, begin)
+        raise FloatingPointError(f"Step {begin + bad} produced a non-finite value.")
+    epoch_losses.append(np.asarray(metrics["loss"]))
+    if end % steps_per_epoch == 0:
+        losses = np.concatenate(epoch_losses)
+        epoch_losses.clear()
+        if epoch_end is not None:
+            epoch_end(state, epoch, losses)
+    due = (every and end % every == 0) or (not every and end % steps_per_epoch == 0)
+    if checkpoints is not None and (due or end == total):
+        # The losses of a part-done epoch complete its mean after a resume.
+        partial = [float(v) for v in np.concatenate([[], *epoch_losses])]
+        record = {"stage": "search", "step": end, "epoch_losses": partial}
+        checkpoints.save(end, state, {**record, **(meta or {})})
 
 
 def to_local(tree: Any, mesh: Mesh) -> Any:
