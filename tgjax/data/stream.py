@@ -17,11 +17,12 @@ was taken, also in the middle of an epoch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain.python as grain
 import numpy as np
+from absl import flags
 
 from tgjax.tasks import Task, check_tasks
 
@@ -101,6 +102,7 @@ class StreamData:
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
     description: str = ""
+    task_notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         tasks = check_tasks(self.tasks)
@@ -144,6 +146,7 @@ class StreamData:
             test=pick(self.test),
             target_mean=self.target_mean[idx],
             target_std=self.target_std[idx],
+            task_notes={n: self.task_notes[n] for n in names if n in self.task_notes},
         )
 
 
@@ -181,6 +184,7 @@ def stream_from_memory(data) -> StreamData:
         target_mean=data.target_mean,
         target_std=data.target_std,
         description=data.description,
+        task_notes=dict(data.task_notes),
     )
 
 
@@ -238,6 +242,10 @@ class _RangeReader:
 def _iterate(ds: grain.MapDataset, workers: int) -> Iterator[dict]:
     it = ds.to_iter_dataset()
     if workers > 0:
+        if not flags.FLAGS.is_parsed():
+            # grain reads absl flags, also in its workers; a program that is
+            # not an absl app never parsed them.
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     iterator = iter(it)
     try:
