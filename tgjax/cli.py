@@ -343,12 +343,13 @@ def _check_conflicts(args, config, given: dict) -> None:
         )
 
 
-def _load_data(args, stream: bool = False):
-    """The data of the flags: a StreamData when ``stream`` (data sets of
-    ``tgjax.data.STREAMS`` then never hold their decoded inputs), else a
-    MultiTaskData."""
+def _load_data(args):
+    """The data of the flags: a StreamData when the run streams (the resolved
+    setting is ``args._stream``; data sets of ``tgjax.data.STREAMS`` then
+    never hold their decoded inputs), else a MultiTaskData."""
     from tgjax import data as datasets
 
+    stream = getattr(args, "_stream", False)
     if args.data and args.dataset:
         raise ValueError("Pass either --dataset or --data, not both.")
     if getattr(args, "task_kinds", None) and not args.data:
@@ -592,12 +593,14 @@ def cmd_train(args) -> int:
     # Validate everything before the run folder is touched.
     if args.resume:
         config, settings = _resume_settings(args)
-        data = _load_data(args, config.stream)
+        args._stream = config.stream
+        data = _load_data(args)
         check_fit_inputs(data, config)
         out = args.resume
     else:
         config = _config_from_args(args)
-        data = _load_data(args, config.stream)
+        args._stream = config.stream
+        data = _load_data(args)
         for note in check_fit_inputs(data, config):
             if lead:
                 print(f"tgjax: note: {note}", file=sys.stderr)

@@ -541,41 +541,44 @@ def fit(
                 "steps_per_epoch": ft_steps,
             },
         )
-        for epoch in range(config.finetune_epochs):
-            carry, ft_metrics = ft_epoch(carry, epoch)
-            bad = find_fault(ft_metrics)
-            if bad is not None:
-                fault = np.asarray(ft_metrics["fault"][bad])
-                who = (
-                    f"task {names[int(np.flatnonzero(fault)[0])]!r} has a non-finite "
-                    "loss or head gradient"
-                    if fault.any()
-                    else "a shared branch gradient is not finite"
+        try:
+            for epoch in range(config.finetune_epochs):
+                carry, ft_metrics = ft_epoch(carry, epoch)
+                bad = find_fault(ft_metrics)
+                if bad is not None:
+                    fault = np.asarray(ft_metrics["fault"][bad])
+                    first = names[int(np.flatnonzero(fault)[0])] if fault.any() else ""
+                    who = (
+                        f"task {first!r} has a non-finite loss or head gradient"
+                        if fault.any()
+                        else "a shared branch gradient is not finite"
+                    )
+                    raise NumericalError(
+                        f"Fine-tuning stopped at step {epoch * ft_steps + bad} "
+                        f"(epoch {epoch}): {who}. Lower the learning rate (--lr) or "
+                        "check the inputs for extreme values."
+                    )
+                losses = np.asarray(ft_metrics["task_losses"]).sum(axis=1)
+                p, s = carry[0], carry[1]
+                val = evaluate_split(
+                    lambda xb, p=p, s=s: pruned_outputs(p, s, xb), data.val
                 )
-                raise NumericalError(
-                    f"Fine-tuning stopped at step {epoch * ft_steps + bad} "
-                    f"(epoch {epoch}): {who}. Lower the learning rate (--lr) or "
-                    "check the inputs for extreme values."
+                if val["total_loss"] < best_val["total_loss"]:
+                    best, best_val = jax.tree.map(jnp.copy, (p, s)), val
+                    best_epoch = epoch
+                _emit(
+                    callback,
+                    "epoch",
+                    {
+                        "phase": "finetune",
+                        "epoch": epoch,
+                        "train_loss": float(losses.mean()),
+                        "val_total_loss": val["total_loss"],
+                        "non_empty_groups": int(len(kept)),
+                    },
                 )
-            losses = np.asarray(ft_metrics["task_losses"]).sum(axis=1)
-            p, s = carry[0], carry[1]
-            val = evaluate_split(
-                lambda xb, p=p, s=s: pruned_outputs(p, s, xb), data.val
-            )
-            if val["total_loss"] < best_val["total_loss"]:
-                best, best_val = jax.tree.map(jnp.copy, (p, s)), val
-                best_epoch = epoch
-            _emit(
-                callback,
-                "epoch",
-                {
-                    "phase": "finetune",
-                    "epoch": epoch,
-                    "train_loss": float(losses.mean()),
-                    "val_total_loss": val["total_loss"],
-                    "non_empty_groups": int(len(kept)),
-                },
-            )
+        finally:
+            ft_epoch.close()
 
     # Stage 4: evaluate the fine-tuned pruned network on the test split.
     params, mstate = best
@@ -620,7 +623,8 @@ def search_steps_per_epoch(
 
 
 def _memory_finetune(epoch_fn, train, k_data):
-    """``epoch(carry, e) -> (carry, host metrics)`` on the in-memory split."""
+    """``epoch(carry, e) -> (carry, host metrics)`` on the in-memory split
+    (with a no-op ``epoch.close()``)."""
     x_train = jnp.asarray(train.x)
     # NaN marks a missing label: device_put moves it without an operation that
     # jax_debug_nans would flag.
@@ -631,11 +635,13 @@ def _memory_finetune(epoch_fn, train, k_data):
         carry, metrics = epoch_fn(carry, x_train, y_train, key)
         return carry, jax.device_get(metrics)
 
+    epoch.close = lambda: None
     return epoch
 
 
 def _stream_finetune(step_fn, train, config: RunConfig, steps_per_epoch: int):
-    """``epoch(carry, e) -> (carry, host metrics)`` on batches of a stream.
+    """``epoch(carry, e) -> (carry, host metrics)`` on batches of a stream;
+    ``epoch.close()`` stops the reading thread.
 
     Every process reads the whole train split (fine-tuning runs on each
     process's own copy of the network), epoch ``e`` in the order of
@@ -659,19 +665,20 @@ def _stream_finetune(step_fn, train, config: RunConfig, steps_per_epoch: int):
             feed = Prefetcher(
                 batches, lambda b: jax.device_put({"x": b["x"], "y": b["y"]})
             )
-        try:
-            outs = []
-            for _ in range(steps_per_epoch):
-                carry, metrics = step(carry, feed.get())
-                outs.append(metrics)
-            host = jax.device_get(outs)
-        except BaseException:
-            feed.close()
-            raise
-        if e == config.finetune_epochs - 1:
-            feed.close()
+        outs = []
+        for _ in range(steps_per_epoch):
+            carry, metrics = step(carry, feed.get())
+            outs.append(metrics)
+        host = jax.device_get(outs)
         return carry, {k: np.stack([m[k] for m in host]) for k in host[0]}
 
+    def close():
+        if feed is not None:
+            feed.close()
+        else:
+            batches.close()
+
+    epoch.close = close
     return epoch
 
 

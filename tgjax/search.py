@@ -495,8 +495,10 @@ def run_search_stream(
       split: a :class:`tgjax.data.stream.StreamSplit`, the training split.
       workers: decoding processes (0: the reading thread decodes).
       sync_every: steps between reads of the device metrics.
-      stats: if given, receives ``steps``, ``seconds`` (the loop's wall
-        time) and ``wait_seconds`` (time the loop waited for the loader).
+      stats: if given, receives ``steps`` (run so far), ``wait_seconds``
+        (time the loop waited for the loader so far; both updated before each
+        group's logging and ``epoch_end``) and, at the end, ``seconds`` (the
+        loop's wall time).
       Everything else: as :func:`run_search`.
 
     Returns:
@@ -586,6 +588,8 @@ def run_search_stream(
             host = jax.device_get(outs)
             metrics = {k: np.stack([m[k] for m in host]) for k in host[0]}
             epoch, offset = divmod(end, steps_per_epoch)
+            if stats is not None:
+                stats.update(steps=end - start, wait_seconds=feed.wait_seconds)
             _after_chunk(
                 state,
                 metrics,

@@ -316,6 +316,8 @@ class QuantizeToBytes(grain.MapTransform):
     """Rounds float pixels in [0, 1] to 1/255 steps, as :func:`load_celeba`
     stores them, so streamed and in-memory inputs are the same numbers."""
 
+    elementwise = True
+
     def map(self, record: dict) -> dict:
         record = dict(record)
         pixels = np.round(np.asarray(record["x"]) * 255.0).astype(np.uint8)

@@ -57,6 +57,13 @@ class ArraySource:
         record["index"] = np.int64(index)
         return record
 
+    def read_rows(self, keys: np.ndarray) -> dict:
+        """Records ``keys`` at once, each entry stacked (``index`` too)."""
+        keys = np.asarray(keys, np.int64)
+        rows = {k: v[keys] for k, v in self._arrays.items()}
+        rows["index"] = keys
+        return rows
+
     def __repr__(self) -> str:
         shapes = {k: v.shape for k, v in self._arrays.items()}
         return f"ArraySource({shapes})"
@@ -67,6 +74,8 @@ class ScaleToUnit(grain.MapTransform):
     """Turns uint8 pixels under ``key`` into float32 in [0, 1]."""
 
     key: str = "x"
+    # Works on one record or on stacked records alike.
+    elementwise = True
 
     def map(self, record: dict) -> dict:
         record = dict(record)

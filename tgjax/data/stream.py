@@ -66,19 +66,29 @@ class StreamSplit:
         return self.labels
 
     def read(self, keys: Sequence[int]) -> dict:
-        """Records ``keys`` decoded and stacked: ``{"x", "y", "index"}``."""
-        xs = []
-        for k in keys:
-            record = self.source[int(k)]
-            for op in self.operations:
-                record = op.map(record) if hasattr(op, "map") else op(record)
-            xs.append(np.asarray(record["x"], np.float32))
+        """Records ``keys`` decoded and stacked: ``{"x", "y", "index"}``.
+
+        A source with ``read_rows(keys)`` (stacked records at once) whose
+        operations are all elementwise (``elementwise = True``, such as
+        scaling pixels) is read in one vectorised call, with the same result.
+        """
         keys = np.asarray(keys, np.int64)
-        return {
-            "x": np.stack(xs) if xs else np.zeros((0,), np.float32),
-            "y": self.labels[keys],
-            "index": keys,
-        }
+        read_rows = getattr(self.source, "read_rows", None)
+        ops = self.operations
+        if read_rows is not None and all(getattr(o, "elementwise", 0) for o in ops):
+            record = read_rows(keys)
+            for op in ops:
+                record = op.map(record)
+            x = np.asarray(record["x"], np.float32)
+        else:
+            xs = []
+            for k in keys:
+                record = self.source[int(k)]
+                for op in ops:
+                    record = op.map(record) if hasattr(op, "map") else op(record)
+                xs.append(np.asarray(record["x"], np.float32))
+            x = np.stack(xs) if xs else np.zeros((0,), np.float32)
+        return {"x": x, "y": self.labels[keys], "index": keys}
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -161,6 +171,9 @@ class _Rows:
 
     def __getitem__(self, i: int) -> dict:
         return {"x": self._x[int(i)]}
+
+    def read_rows(self, keys: np.ndarray) -> dict:
+        return {"x": self._x[keys]}
 
 
 def stream_from_memory(data) -> StreamData:
