@@ -2,8 +2,11 @@
 
 :func:`fit` runs the four stages on a :class:`tgjax.data.MultiTaskData` and
 returns a :class:`FitResult`. It holds the epoch loop; everything inside an
-epoch is one compiled call (``lax.scan`` over device-resident data). Progress
-and logging are the caller's: pass ``callback`` to receive events.
+epoch is one compiled call (``lax.scan`` over device-resident data). A
+:class:`tgjax.data.StreamData`, or any data with ``RunConfig(stream=True)``,
+is read in batches through grain instead, one compiled step per batch (see
+:func:`tgjax.search.run_search_stream`). Progress and logging are the
+caller's: pass ``callback`` to receive events.
 """
 
 from __future__ import annotations
@@ -317,7 +320,11 @@ def fit(
     fine-tuning and evaluation run on each process's default device.
 
     Args:
-      data: the multi-task data set with its splits.
+      data: the multi-task data set with its splits: a
+        :class:`tgjax.data.MultiTaskData` (in memory; streamed when
+        ``config.stream``) or a :class:`tgjax.data.StreamData` (streamed:
+        search, fine-tuning and evaluation read batches, and only the labels
+        are held in full).
       config: settings; ``RunConfig()`` by default.
       checkpoints: where the search saves its state every
         ``config.checkpoint_every`` steps (and at its end); None saves none.
