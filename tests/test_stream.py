@@ -339,3 +339,41 @@ def test_sigkill_mid_epoch_then_streamed_resume_matches_an_uninterrupted_run(
         x, y = (json.loads((p / name).read_text()) for p in (killed, straight))
         x.pop("wall_seconds", None), y.pop("wall_seconds", None)
         assert x == y
+
+
+@pytest.mark.parametrize("mode", ["--stream", "--in-memory"])
+def test_fashion_mnist_trains_streamed_and_in_memory(tmp_path, mode):
+    from tgjax.data.mnist import FASHION_MNIST_CLASSES
+
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--dataset",
+        "fashion-mnist",
+        mode,
+        "--tasks",
+        ",".join(FASHION_MNIST_CLASSES[:3]),
+        "--groups",
+        "2",
+        "--hidden",
+        "8",
+        "--epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--batch-size",
+        "1000",
+        "--log-every",
+        "10",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert cli.main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["run"]["stream"] is (mode == "--stream")
+    log = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in log if "step" in r] == [0, 10, 20, 30, 40, 49]
+    results = json.loads((out / "results.json").read_text())
+    assert [t["count"] for t in results["test"]["tasks"].values()] == [10000] * 3
+    assert results["test"]["total_error_percent"] < 3 * 50
