@@ -166,7 +166,7 @@ def test_batches_are_placed_by_rows_over_the_data_axis():
     assert set(shards.values()) == {(2, 3)} and len(shards) == 8
 
 
-def test_bad_stream_settings_say_what_to_change():
+def test_bad_stream_settings_say_what_to_change(capsys):
     config = RunConfig(batch_size=12, stream=True)
     with pytest.raises(ValueError, match="not divisible by 3; use --batch-size 6"):
         check_stream_settings(RunConfig(batch_size=8), 100, 3)
@@ -177,6 +177,9 @@ def test_bad_stream_settings_say_what_to_change():
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
         RunConfig(workers=-1)
     assert cli.main(["train", "--stream", "--workers", "-1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "workers must be an integer >= 0, got -1" in err
+    assert "default, 0" in err and "Traceback" not in err
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--stream", "--in-memory"])
 
