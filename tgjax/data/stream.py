@@ -252,8 +252,20 @@ class _RangeReader:
         return self.split.read(range(j * b, min((j + 1) * b, len(self.split))))
 
 
+# Batches read ahead, and threads reading them, in each reading process. The
+# elements are whole batches: grain's defaults (500 ahead, 16 threads) would
+# hold hundreds of decoded image batches in memory.
+READ_AHEAD = 2
+READ_THREADS = 2
+
+
 def _iterate(ds: grain.MapDataset, workers: int) -> Iterator[dict]:
-    it = ds.to_iter_dataset()
+    """Iterates ``ds`` with a short read-ahead, in ``workers`` processes."""
+    options = grain.ReadOptions(
+        num_threads=READ_THREADS if workers == 0 else 1,
+        prefetch_buffer_size=READ_AHEAD,
+    )
+    it = ds.to_iter_dataset(options)
     if workers > 0:
         if not flags.FLAGS.is_parsed():
             # grain reads absl flags, also in its workers; a program that is
