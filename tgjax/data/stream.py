@@ -271,7 +271,11 @@ def _iterate(ds: grain.MapDataset, workers: int) -> Iterator[dict]:
             # grain reads absl flags, also in its workers; a program that is
             # not an absl app never parsed them.
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=workers, per_worker_buffer_size=READ_AHEAD
+            )
+        )
     iterator = iter(it)
     try:
         yield from iterator
