@@ -36,7 +36,7 @@ def main():
 
     initialize(f"127.0.0.1:{port}", 2, process_id)
     import jax
-    from stream_helpers import counting_search, per_epoch_counts
+    from counting_step import counting_search, per_epoch_counts
 
     import tgjax
     from tgjax.data.stream import StreamSplit, stream_from_memory

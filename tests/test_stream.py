@@ -32,7 +32,7 @@ from tgjax.train import hard_outputs, init_state, make_optimizer
 from tgjax.validate import check_stream_settings
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from stream_helpers import counting_search, per_epoch_counts  # noqa: E402
+from counting_step import counting_search, per_epoch_counts  # noqa: E402
 from test_data_celeba import _write  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
