@@ -19,7 +19,7 @@ NAMES = (
 PARTITION = [0, 0, 0, 1, 2, 2]
 
 
-def _write(root, values, csv_variant=False):
+def _write(root, values, csv_variant=False, partition=PARTITION):
     images = root / "img_align_celeba"
     images.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def _write(root, values, csv_variant=False):
         ]
         (root / "list_attr_celeba.csv").write_text("\n".join(rows) + "\n")
         rows = ["image_id,partition"]
-        rows += [f"{f},{p}" for f, p in zip(files, PARTITION, strict=True)]
+        rows += [f"{f},{p}" for f, p in zip(files, partition, strict=True)]
         (root / "list_eval_partition.csv").write_text("\n".join(rows) + "\n")
     else:
         # Irregular runs of spaces, as in the distributed file.
@@ -42,7 +42,7 @@ def _write(root, values, csv_variant=False):
         for f, v in zip(files, values, strict=True):
             lines.append(f + " " + "".join(f"{x:>3d}" for x in v))
         (root / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-        lines = [f"{f} {p}" for f, p in zip(files, PARTITION, strict=True)]
+        lines = [f"{f} {p}" for f, p in zip(files, partition, strict=True)]
         (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
     return files
 

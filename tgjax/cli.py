@@ -69,6 +69,32 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="folder of on-disk data sets (default: $TGJAX_DATA_DIR)",
     )
+    mode = data.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--stream",
+        dest="stream",
+        action="store_const",
+        const=True,
+        default=None,
+        help="read the data in batches through the grain pipeline instead of "
+        "keeping it on the devices (the default for --dataset celeba)",
+    )
+    mode.add_argument(
+        "--in-memory",
+        "--no-stream",
+        dest="stream",
+        action="store_const",
+        const=False,
+        help="keep the whole data set in memory, also for --dataset celeba",
+    )
+    data.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with streaming: processes that read and decode batches (default "
+        "0: a thread of the training process); the batches do not depend on it",
+    )
 
     run = p.add_argument_group("search and training (defaults in RunConfig)")
     run.add_argument(
@@ -211,7 +237,11 @@ _FLAG_TO_SETTING = {
     "mesh": "mesh",
     "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints",
+    "stream": "stream",
+    "workers": "workers",
 }
+# Data sets that stream unless --in-memory is given.
+STREAM_BY_DEFAULT = ("celeba",)
 _DATA_FLAGS = ("dataset", "data", "task_columns", "task_kinds", "tasks", "data_dir")
 
 
@@ -270,6 +300,9 @@ def _config_from_args(args):
         if v is not None:
             values[setting] = v
             given[setting] = _SETTING_TO_FLAG[setting]
+    if "stream" not in given and not args.data and args.dataset in STREAM_BY_DEFAULT:
+        # Image data sets too large for memory stream unless told otherwise.
+        values["stream"] = True
     config = RunConfig.from_dict(values)
     _check_conflicts(args, config, given)
     return config
@@ -311,8 +344,12 @@ def _check_conflicts(args, config, given: dict) -> None:
 
 
 def _load_data(args):
+    """The data of the flags: a StreamData when the run streams (the resolved
+    setting is ``args._stream``; data sets of ``tgjax.data.STREAMS`` then
+    never hold their decoded inputs), else a MultiTaskData."""
     from tgjax import data as datasets
 
+    stream = getattr(args, "_stream", False)
     if args.data and args.dataset:
         raise ValueError("Pass either --dataset or --data, not both.")
     if getattr(args, "task_kinds", None) and not args.data:
@@ -343,7 +380,12 @@ def _load_data(args):
                     "ships with a package. Drop --data-dir."
                 )
             kwargs["data_dir"] = args.data_dir
-        data = datasets.load_dataset(name, **kwargs)
+        if stream:
+            data = datasets.load_stream(name, **kwargs)
+        else:
+            data = datasets.load_dataset(name, **kwargs)
+    if stream:
+        data = datasets.stream_from_memory(data)
     if args.tasks is not None:
         names = [t.strip() for t in args.tasks.split(",") if t.strip()]
         if not names:
@@ -482,20 +524,34 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _flag_name(args, dest: str) -> str:
+    if dest == "stream":
+        return "--stream" if args.stream else "--in-memory"
+    return "--" + dest.replace("_", "-")
+
+
 def _resume_settings(args):
     """Config and data flags of the run folder given to --resume."""
     from tgjax.config import RunConfig
     from tgjax.runio import read_json
 
     given = [
-        f for f in (*_FLAG_TO_SETTING, *_DATA_FLAGS, "config", "out") if f != "mesh"
+        f
+        for f in (*_FLAG_TO_SETTING, *_DATA_FLAGS, "config", "out")
+        if f not in ("mesh", "workers")
     ]
-    given = [f for f in given if getattr(args, f) not in (None, False)]
+    # A store_true flag left off is False; --in-memory sets stream to False.
+    given = [
+        f
+        for f in given
+        if getattr(args, f) is not None
+        and (getattr(args, f) is not False or f == "stream")
+    ]
     if given:
-        flags = ", ".join("--" + f.replace("_", "-") for f in given)
+        flags = ", ".join(_flag_name(args, f) for f in given)
         raise ValueError(
             f"--resume takes its settings from {args.resume}/config.json; drop "
-            f"{flags} (only --mesh may change)."
+            f"{flags} (only --mesh and --workers may change)."
         )
     path = os.path.join(args.resume, "config.json")
     if not os.path.isfile(path):
@@ -507,6 +563,8 @@ def _resume_settings(args):
     values = dict(settings["run"])
     if args.mesh is not None:
         values["mesh"] = args.mesh
+    if args.workers is not None:
+        values["workers"] = args.workers
     if "flags" not in settings.get("data", {}):
         raise ValueError(
             f"{path} does not record the data flags of the run (it was written by "
@@ -524,7 +582,7 @@ def cmd_train(args) -> int:
     import tgjax
     from tgjax.checkpoint import Checkpoints, save_checkpoint
     from tgjax.figures import plot_assignment_history
-    from tgjax.pipeline import num_groups
+    from tgjax.pipeline import num_groups, search_steps_per_epoch
     from tgjax.resume import ResumableLog
     from tgjax.runio import read_jsonl, write_json
     from tgjax.validate import RESUME_HINT, NumericalError, check_fit_inputs
@@ -535,11 +593,13 @@ def cmd_train(args) -> int:
     # Validate everything before the run folder is touched.
     if args.resume:
         config, settings = _resume_settings(args)
+        args._stream = config.stream
         data = _load_data(args)
         check_fit_inputs(data, config)
         out = args.resume
     else:
         config = _config_from_args(args)
+        args._stream = config.stream
         data = _load_data(args)
         for note in check_fit_inputs(data, config):
             if lead:
@@ -574,7 +634,7 @@ def cmd_train(args) -> int:
     checkpoints = Checkpoints(
         os.path.join(out, "checkpoints"), keep=config.keep_checkpoints
     )
-    steps_per_epoch = len(data.train) // config.batch_size
+    steps_per_epoch = search_steps_per_epoch(len(data.train), config)
     boards = []
 
     def observer(log, name):

@@ -69,6 +69,11 @@ class RunConfig:
         end of every epoch. Only used when :func:`tgjax.fit` is given a
         checkpoint folder.
       keep_checkpoints: how many of the newest checkpoints are kept.
+      stream: read the data in batches through the grain pipeline instead of
+        keeping the splits on the devices (see :mod:`tgjax.data.stream`);
+        a :class:`tgjax.data.stream.StreamData` always streams.
+      workers: decoding processes of a streamed run; 0 decodes in a thread
+        of the training process. The batches do not depend on it.
     """
 
     groups: int = 4
@@ -95,6 +100,8 @@ class RunConfig:
     mesh: str | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    stream: bool = False
+    workers: int = 0
 
     def __post_init__(self):
         def fix(name):
@@ -137,6 +144,11 @@ class RunConfig:
         integer("log_every", 1)
         integer("checkpoint_every", 0)
         integer("keep_checkpoints", 1)
+        integer("workers", 0)
+        if not isinstance(self.stream, bool):
+            raise ValueError(
+                f"stream must be true or false, got {self.stream!r}." + fix("stream")
+            )
         if self.mesh is not None:
             if not isinstance(self.mesh, str):
                 raise ValueError(

@@ -2,8 +2,11 @@
 
 :func:`fit` runs the four stages on a :class:`tgjax.data.MultiTaskData` and
 returns a :class:`FitResult`. It holds the epoch loop; everything inside an
-epoch is one compiled call (``lax.scan`` over device-resident data). Progress
-and logging are the caller's: pass ``callback`` to receive events.
+epoch is one compiled call (``lax.scan`` over device-resident data). A
+:class:`tgjax.data.StreamData`, or any data with ``RunConfig(stream=True)``,
+is read in batches through grain instead, one compiled step per batch (see
+:func:`tgjax.search.run_search_stream`). Progress and logging are the
+caller's: pass ``callback`` to receive events.
 """
 
 from __future__ import annotations
@@ -22,10 +25,24 @@ import optax
 from tgjax.checkpoint import Checkpoints
 from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData, from_arrays
+from tgjax.data.stream import (
+    FINETUNE_EPOCH_OFFSET,
+    StreamData,
+    StreamSplit,
+    eval_batches,
+    step_batches,
+    stream_from_memory,
+)
 from tgjax.distributed import check_fits, make_mesh, replicated
 from tgjax.model import MLP, CelebAEncoder, GroupedModel, prune
 from tgjax.relax import read_groups, temperature_schedule
-from tgjax.search import run_search, to_local
+from tgjax.search import (
+    Prefetcher,
+    run_search,
+    run_search_stream,
+    stream_layout,
+    to_local,
+)
 from tgjax.tasks import (
     Task,
     TaskCodes,
@@ -36,6 +53,7 @@ from tgjax.tasks import (
 )
 from tgjax.train import (
     SearchState,
+    evaluate_batches,
     evaluate_outputs,
     hard_outputs,
     init_state,
@@ -164,7 +182,23 @@ def evaluate(
       "total_mae": ... (regression tasks, original units)}``.
     """
     codes = TaskCodes.from_tasks(data.tasks)
-    raw = evaluate_outputs(outputs_fn, x, y, codes)
+    return _split_metrics(evaluate_outputs(outputs_fn, x, y, codes), data)
+
+
+def evaluate_stream(outputs_fn, split: StreamSplit, data, *, workers: int = 0) -> dict:
+    """:func:`evaluate` on a streamed split, read in batches of 1024.
+
+    The batches are cut where :func:`evaluate` cuts the in-memory split and
+    the last, smaller one counts, so on the same data and weights both give
+    the same metrics.
+    """
+    codes = TaskCodes.from_tasks(data.tasks)
+    batches = ((b["x"], b["y"]) for b in eval_batches(split, workers=workers))
+    raw = evaluate_batches(outputs_fn, batches, codes, len(data.tasks))
+    return _split_metrics(raw, data)
+
+
+def _split_metrics(raw: dict, data) -> dict:
     per_task, err_total, mae_total = {}, 0.0, 0.0
     for i, t in enumerate(data.tasks):
         if t.is_classification:
@@ -207,6 +241,28 @@ def make_pruned_epoch_fn(
       being finite) and ``fault`` `[steps, tasks]` (a non-finite loss or head
       gradient of that task).
     """
+    step = make_pruned_step(model, tasks, optimizer, task_branch)
+
+    def epoch(carry, x, y, key):
+        n = x.shape[0]
+        steps = n // batch_size
+        perm = jax.random.permutation(key, n)[: steps * batch_size]
+        perm = perm.reshape(steps, batch_size)
+        return jax.lax.scan(
+            lambda c, idx: step(c, {"x": x[idx], "y": y[idx]}), carry, perm
+        )
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def make_pruned_step(
+    model: GroupedModel,
+    tasks: Sequence[Task],
+    optimizer: optax.GradientTransformation,
+    task_branch: np.ndarray,
+):
+    """The pure fine-tuning step ``(carry, batch) -> (carry, metrics)`` of
+    :func:`make_pruned_epoch_fn` (carry: params, state, opt_state, key)."""
     codes = TaskCodes.from_tasks(tasks)
     task_branch = np.asarray(task_branch)
 
@@ -237,16 +293,7 @@ def make_pruned_epoch_fn(
         metrics = {"task_losses": losses, "finite": finite, "fault": fault}
         return (params, new_state, opt_state, rng), metrics
 
-    def epoch(carry, x, y, key):
-        n = x.shape[0]
-        steps = n // batch_size
-        perm = jax.random.permutation(key, n)[: steps * batch_size]
-        perm = perm.reshape(steps, batch_size)
-        return jax.lax.scan(
-            lambda c, idx: step(c, {"x": x[idx], "y": y[idx]}), carry, perm
-        )
-
-    return jax.jit(epoch, donate_argnums=0)
+    return step
 
 
 def _raise_fault(metrics: dict, index: int, first: int, tasks) -> None:
@@ -273,7 +320,11 @@ def fit(
     fine-tuning and evaluation run on each process's default device.
 
     Args:
-      data: the multi-task data set with its splits.
+      data: the multi-task data set with its splits: a
+        :class:`tgjax.data.MultiTaskData` (in memory; streamed when
+        ``config.stream``) or a :class:`tgjax.data.StreamData` (streamed:
+        search, fine-tuning and evaluation read batches, and only the labels
+        are held in full).
       config: settings; ``RunConfig()`` by default.
       checkpoints: where the search saves its state every
         ``config.checkpoint_every`` steps (and at its end); None saves none.
@@ -312,12 +363,15 @@ def fit(
     """
     config = RunConfig() if config is None else config
     check_fit_inputs(data, config)
+    stream = config.stream or isinstance(data, StreamData)
+    if stream:
+        data = stream_from_memory(data)
     tasks = data.tasks
     n_tasks = len(tasks)
     n_train = len(data.train)
     k = num_groups(config, n_tasks)
     model = build_model(config, tasks, k)
-    steps_per_epoch = n_train // config.batch_size
+    steps_per_epoch = search_steps_per_epoch(n_train, config, stream)
     total_steps = steps_per_epoch * config.epochs
     lr = _lr_schedule(config, config.learning_rate, steps_per_epoch)
     lr_s = _lr_schedule(
@@ -335,7 +389,10 @@ def fit(
     root = jax.random.key(config.seed)
     k_init, k_data = jax.random.split(root)
     del k_init  # drawn again inside the compiled initialisation
-    x_example = np.asarray(data.train.x[:2])
+    if stream:
+        x_example = data.train.read([0, 1])["x"]
+    else:
+        x_example = np.asarray(data.train.x[:2])
     mesh = make_mesh(config.mesh)
     check_fits(mesh, num_groups=k, batch_size=config.batch_size)
 
@@ -375,13 +432,16 @@ def fit(
     def val_outputs(params, mstate, x, groups):
         return hard_outputs(model, params, mstate, x, groups)
 
+    def evaluate_split(outputs_fn, split) -> dict:
+        if stream:
+            return evaluate_stream(outputs_fn, split, data, workers=config.workers)
+        return evaluate(outputs_fn, split.x, split.y, data)
+
     def epoch_end(st, epoch, losses):
         groups_now = read_groups(st.assignment)
-        val = evaluate(
+        val = evaluate_split(
             lambda xb: val_outputs(st.params, st.model_state, xb, groups_now),
-            data.val.x,
-            data.val.y,
-            data,
+            data.val,
         )
         _emit(
             callback,
@@ -406,12 +466,18 @@ def fit(
             "steps_per_epoch": steps_per_epoch,
         },
     )
-    state, history = run_search(
+    if stream:
+        search = functools.partial(
+            run_search_stream, split=data.train, workers=config.workers
+        )
+    else:
+        search = functools.partial(
+            run_search, x=np.asarray(data.train.x), y=np.asarray(data.train.y)
+        )
+    state, history = search(
         init,
         step.core,
         tau_fn,
-        x=np.asarray(data.train.x),
-        y=np.asarray(data.train.y),
         seed=config.seed,
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -428,10 +494,6 @@ def fit(
     )
     # The later stages are small: every process runs them on its own copy.
     state = to_local(state, mesh)
-    x_train = jnp.asarray(data.train.x)
-    # NaN marks a missing label: device_put moves it without an operation that
-    # jax_debug_nans would flag.
-    y_train = jax.device_put(np.asarray(data.train.y, np.float32))
 
     # Stage 2: read the groups off S and prune.
     assignment = read_groups(state.assignment)
@@ -454,17 +516,28 @@ def fit(
     # Stage 3: fine-tune the pruned network, keeping the best validation epoch.
     # The fine-tuning epoch donates its carry, so the best weights are copies.
     best = jax.tree.map(jnp.copy, (params, mstate))
-    best_val = evaluate(
-        lambda xb: pruned_outputs(params, mstate, xb), data.val.x, data.val.y, data
-    )
+    best_val = evaluate_split(lambda xb: pruned_outputs(params, mstate, xb), data.val)
     pruned_val_loss = best_val["total_loss"]
     best_epoch = -1  # the pruned network before fine-tuning
     if config.finetune_epochs:
         ft_opt = make_optimizer(config.learning_rate, weight_decay=config.weight_decay)
         ft_opt = _weights_only(ft_opt)
-        ft_epoch = make_pruned_epoch_fn(
-            model, tasks, ft_opt, task_branch, config.batch_size
-        )
+        ft_steps = n_train // config.batch_size
+        if stream:
+            ft_epoch = _stream_finetune(
+                make_pruned_step(model, tasks, ft_opt, task_branch),
+                data.train,
+                config,
+                ft_steps,
+            )
+        else:
+            ft_epoch = _memory_finetune(
+                make_pruned_epoch_fn(
+                    model, tasks, ft_opt, task_branch, config.batch_size
+                ),
+                data.train,
+                k_data,
+            )
         carry = (params, mstate, ft_opt.init(params), jax.random.fold_in(root, 7))
         _emit(
             callback,
@@ -472,56 +545,51 @@ def fit(
             {
                 "phase": "finetune",
                 "epochs": config.finetune_epochs,
-                "steps_per_epoch": steps_per_epoch,
+                "steps_per_epoch": ft_steps,
             },
         )
-        for epoch in range(config.finetune_epochs):
-            carry, ft_metrics = ft_epoch(
-                carry, x_train, y_train, jax.random.fold_in(k_data, 10_000 + epoch)
-            )
-            ft_metrics = jax.device_get(ft_metrics)
-            bad = find_fault(ft_metrics)
-            if bad is not None:
-                fault = np.asarray(ft_metrics["fault"][bad])
-                who = (
-                    f"task {names[int(np.flatnonzero(fault)[0])]!r} has a non-finite "
-                    "loss or head gradient"
-                    if fault.any()
-                    else "a shared branch gradient is not finite"
+        try:
+            for epoch in range(config.finetune_epochs):
+                carry, ft_metrics = ft_epoch(carry, epoch)
+                bad = find_fault(ft_metrics)
+                if bad is not None:
+                    fault = np.asarray(ft_metrics["fault"][bad])
+                    first = names[int(np.flatnonzero(fault)[0])] if fault.any() else ""
+                    who = (
+                        f"task {first!r} has a non-finite loss or head gradient"
+                        if fault.any()
+                        else "a shared branch gradient is not finite"
+                    )
+                    raise NumericalError(
+                        f"Fine-tuning stopped at step {epoch * ft_steps + bad} "
+                        f"(epoch {epoch}): {who}. Lower the learning rate (--lr) or "
+                        "check the inputs for extreme values."
+                    )
+                losses = np.asarray(ft_metrics["task_losses"]).sum(axis=1)
+                p, s = carry[0], carry[1]
+                val = evaluate_split(
+                    lambda xb, p=p, s=s: pruned_outputs(p, s, xb), data.val
                 )
-                raise NumericalError(
-                    f"Fine-tuning stopped at step {epoch * steps_per_epoch + bad} "
-                    f"(epoch {epoch}): {who}. Lower the learning rate (--lr) or "
-                    "check the inputs for extreme values."
+                if val["total_loss"] < best_val["total_loss"]:
+                    best, best_val = jax.tree.map(jnp.copy, (p, s)), val
+                    best_epoch = epoch
+                _emit(
+                    callback,
+                    "epoch",
+                    {
+                        "phase": "finetune",
+                        "epoch": epoch,
+                        "train_loss": float(losses.mean()),
+                        "val_total_loss": val["total_loss"],
+                        "non_empty_groups": int(len(kept)),
+                    },
                 )
-            losses = np.asarray(ft_metrics["task_losses"]).sum(axis=1)
-            p, s = carry[0], carry[1]
-            val = evaluate(
-                lambda xb, p=p, s=s: pruned_outputs(p, s, xb),
-                data.val.x,
-                data.val.y,
-                data,
-            )
-            if val["total_loss"] < best_val["total_loss"]:
-                best, best_val = jax.tree.map(jnp.copy, (p, s)), val
-                best_epoch = epoch
-            _emit(
-                callback,
-                "epoch",
-                {
-                    "phase": "finetune",
-                    "epoch": epoch,
-                    "train_loss": float(losses.mean()),
-                    "val_total_loss": val["total_loss"],
-                    "non_empty_groups": int(len(kept)),
-                },
-            )
+        finally:
+            ft_epoch.close()
 
     # Stage 4: evaluate the fine-tuned pruned network on the test split.
     params, mstate = best
-    test = evaluate(
-        lambda xb: pruned_outputs(params, mstate, xb), data.test.x, data.test.y, data
-    )
+    test = evaluate_split(lambda xb: pruned_outputs(params, mstate, xb), data.test)
     pruned = PrunedNetwork(params, mstate, kept, task_branch)
     result = FitResult(
         tasks=names,
@@ -548,6 +616,77 @@ def fit(
         },
     )
     return result
+
+
+def search_steps_per_epoch(
+    n_train: int, config: RunConfig, stream: bool | None = None
+) -> int:
+    """Search steps per epoch: ``n_train // batch_size`` in memory; streamed,
+    each process's shard over its share of the batch (the same with one
+    process). ``stream`` defaults to ``config.stream``."""
+    if config.stream if stream is None else stream:
+        return stream_layout(n_train, config.batch_size)["steps_per_epoch"]
+    return n_train // config.batch_size
+
+
+def _memory_finetune(epoch_fn, train, k_data):
+    """``epoch(carry, e) -> (carry, host metrics)`` on the in-memory split
+    (with a no-op ``epoch.close()``)."""
+    x_train = jnp.asarray(train.x)
+    # NaN marks a missing label: device_put moves it without an operation that
+    # jax_debug_nans would flag.
+    y_train = jax.device_put(np.asarray(train.y, np.float32))
+
+    def epoch(carry, e):
+        key = jax.random.fold_in(k_data, FINETUNE_EPOCH_OFFSET + e)
+        carry, metrics = epoch_fn(carry, x_train, y_train, key)
+        return carry, jax.device_get(metrics)
+
+    epoch.close = lambda: None
+    return epoch
+
+
+def _stream_finetune(step_fn, train, config: RunConfig, steps_per_epoch: int):
+    """``epoch(carry, e) -> (carry, host metrics)`` on batches of a stream;
+    ``epoch.close()`` stops the reading thread.
+
+    Every process reads the whole train split (fine-tuning runs on each
+    process's own copy of the network), epoch ``e`` in the order of
+    :func:`tgjax.data.stream.epoch_order` for ``FINETUNE_EPOCH_OFFSET + e``.
+    """
+    step = jax.jit(step_fn, donate_argnums=0)
+    batches = step_batches(
+        train,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        start=0,
+        stop=config.finetune_epochs * steps_per_epoch,
+        epoch0=FINETUNE_EPOCH_OFFSET,
+        workers=config.workers,
+    )
+    feed = None
+
+    def epoch(carry, e):
+        nonlocal feed
+        if feed is None:
+            feed = Prefetcher(
+                batches, lambda b: jax.device_put({"x": b["x"], "y": b["y"]})
+            )
+        outs = []
+        for _ in range(steps_per_epoch):
+            carry, metrics = step(carry, feed.get())
+            outs.append(metrics)
+        host = jax.device_get(outs)
+        return carry, {k: np.stack([m[k] for m in host]) for k in host[0]}
+
+    def close():
+        if feed is not None:
+            feed.close()
+        else:
+            batches.close()
+
+    epoch.close = close
+    return epoch
 
 
 def _weights_only(opt: optax.GradientTransformation) -> optax.GradientTransformation:

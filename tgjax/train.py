@@ -539,12 +539,24 @@ def evaluate_outputs(outputs_fn, x: np.ndarray, y: np.ndarray, codes, batch_size
       dict of `[tasks]` NumPy arrays: ``loss``, ``error`` (error rate or MAE in
       standardised units) and ``count``.
     """
-    n_tasks = y.shape[1]
-    loss_sum = np.zeros(n_tasks)
-    err_sum = np.zeros(n_tasks)
-    count = np.zeros(n_tasks)
-    for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    batches = (
+        (x[start : start + batch_size], y[start : start + batch_size])
+        for start in range(0, len(x), batch_size)
+    )
+    return evaluate_batches(outputs_fn, batches, codes, y.shape[1])
+
+
+def evaluate_batches(outputs_fn, batches, codes, num_tasks: int):
+    """:func:`evaluate_outputs` over an iterable of ``(x, y)`` batches.
+
+    Every batch counts, a last smaller one included, so the result equals
+    :func:`evaluate_outputs` on the concatenated batches when they are cut at
+    the same places.
+    """
+    loss_sum = np.zeros(num_tasks)
+    err_sum = np.zeros(num_tasks)
+    count = np.zeros(num_tasks)
+    for xb, yb in batches:
         out = outputs_fn(xb)
         # Split on the host: the NaN of a missing label is data, not a fault,
         # and never enters a device operation that jax_debug_nans watches.

@@ -241,7 +241,9 @@ def check_settings(config, data) -> list[str]:
       ValueError: for a batch larger than the train split, or the CelebA
         branch on inputs that are not `[examples, height, width, 3]` images.
     """
-    check_branch_inputs(config.branch, data.train.x.shape)
+    train = data.train
+    shape = train.input_shape if hasattr(train, "input_shape") else train.x.shape
+    check_branch_inputs(config.branch, shape)
     n_train = len(data.train)
     if config.batch_size > n_train:
         raise ValueError(
@@ -281,19 +283,62 @@ def check_fit_inputs(data, config) -> list[str]:
     """
     from tgjax.config import RunConfig
     from tgjax.data.base import MultiTaskData
+    from tgjax.data.stream import StreamData, check_stream_data
 
-    if not isinstance(data, MultiTaskData):
+    if not isinstance(data, (MultiTaskData, StreamData)):
         raise TypeError(
-            f"data must be a tgjax.data.MultiTaskData, got {type(data).__name__}; "
-            "for NumPy arrays use tgjax.fit_arrays(x, y, tasks, config)."
+            f"data must be a tgjax.data.MultiTaskData or StreamData, got "
+            f"{type(data).__name__}; for NumPy arrays use "
+            "tgjax.fit_arrays(x, y, tasks, config)."
         )
     if not isinstance(config, RunConfig):
         raise TypeError(
             f"config must be a tgjax.RunConfig, got {type(config).__name__}; "
             "build one with RunConfig(...) or RunConfig.from_dict(settings)."
         )
-    check_data(data)
-    return check_settings(config, data)
+    if isinstance(data, StreamData):
+        check_stream_data(data)
+    else:
+        check_data(data)
+    notes = check_settings(config, data)
+    if config.stream or isinstance(data, StreamData):
+        import jax
+
+        check_stream_settings(config, len(data.train), jax.process_count())
+    return notes
+
+
+def check_stream_settings(config, n_train: int, processes: int) -> None:
+    """Checks that a streamed search can split its batches over processes.
+
+    Each of the ``processes`` reads its own equal shard of the ``n_train``
+    training examples and contributes ``batch_size / processes`` rows to
+    every step.
+
+    Raises:
+      ValueError: naming the problem and the setting that fixes it.
+    """
+    if config.workers < 0:
+        raise ValueError(
+            f"workers must be >= 0 (decoding processes; 0 decodes in the "
+            f"training process), got {config.workers}. Use --workers 0 or more."
+        )
+    b = config.batch_size
+    if b % processes:
+        fit = processes * max(b // processes, 1)
+        raise ValueError(
+            f"A streamed run splits each batch over its {processes} processes, "
+            f"but batch_size ({b}) is not divisible by {processes}; use "
+            f"--batch-size {fit}."
+        )
+    shard = n_train // processes
+    if b // processes > shard:
+        raise ValueError(
+            f"A streamed run reads {b // processes} examples per step in each of "
+            f"its {processes} processes, more than a process's shard of the train "
+            f"split ({shard} of {n_train} examples), so an epoch would have no "
+            f"step. Use --batch-size {shard * processes} or less, or --in-memory."
+        )
 
 
 def check_arrays(x, y, tasks: Sequence[Task]) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ from tgjax.data.files import load_file
 from tgjax.data.mnist import load_fashion_mnist, load_mnist5k
 from tgjax.data.packaged import load_digits, load_yeast
 from tgjax.data.qm9 import load_qm9
+from tgjax.data.stream import StreamData, StreamSplit, stream_from_memory
 
 DATASETS: dict[str, Callable[..., MultiTaskData]] = {
     "yeast": load_yeast,
@@ -25,6 +26,38 @@ DATASETS: dict[str, Callable[..., MultiTaskData]] = {
     "mnist5k": load_mnist5k,
     "celeba": load_celeba,
 }
+
+
+def _fashion_mnist_stream(**kwargs) -> StreamData:
+    from tgjax.data.pipeline import fashion_mnist_stream
+
+    return fashion_mnist_stream(**kwargs)
+
+
+def _celeba_stream(**kwargs) -> StreamData:
+    from tgjax.data.celeba import celeba_stream
+
+    return celeba_stream(**kwargs)
+
+
+STREAMS: dict[str, Callable[..., StreamData]] = {
+    "fashion-mnist": _fashion_mnist_stream,
+    "celeba": _celeba_stream,
+}
+"""Data sets with a streaming loader that never holds the decoded inputs;
+the others stream from their in-memory arrays."""
+
+
+def load_stream(name: str, **kwargs) -> StreamData:
+    """A built-in data set as a :class:`StreamData`.
+
+    Data sets of ``STREAMS`` are read lazily (images decoded batch by
+    batch); any other is loaded by :func:`load_dataset` and streamed from
+    memory.
+    """
+    if name in STREAMS:
+        return STREAMS[name](**kwargs)
+    return stream_from_memory(load_dataset(name, **kwargs))
 
 
 def load_dataset(name: str, **kwargs) -> MultiTaskData:
@@ -56,7 +89,10 @@ __all__ = [
     "CELEBA9",
     "DATASETS",
     "MultiTaskData",
+    "STREAMS",
     "Split",
+    "StreamData",
+    "StreamSplit",
     "from_arrays",
     "load_celeba",
     "load_dataset",
@@ -65,5 +101,7 @@ __all__ = [
     "load_file",
     "load_mnist5k",
     "load_qm9",
+    "load_stream",
     "load_yeast",
+    "stream_from_memory",
 ]
