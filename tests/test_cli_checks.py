@@ -384,3 +384,26 @@ def test_wall_seconds_of_the_run_and_each_baseline(tmp_path):
     base = [results["baselines"][k]["wall_seconds"] for k in ("mtl", "stl")]
     assert own > 0 and all(b > 0 for b in base)
     assert results["total_wall_seconds"] >= own + sum(base) - 0.05
+
+
+def test_a_library_error_is_reported_as_internal_not_as_bad_input(monkeypatch, capsys):
+    # A ValueError raised inside a library (here the JSON decoder) is a defect
+    # of tgjax, not the user's input: exit 1 and the internal-error text.
+    def broken(args):
+        return json.loads("{")
+
+    monkeypatch.setattr(cli, "cmd_datasets", broken)
+    assert cli.main(["datasets"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: JSONDecodeError" in err and "--debug" in err
+
+    # The same type raised by tgjax's own checks is bad input: exit 2.
+    def refuses(args):
+        from tgjax.validate import check_labels
+
+        return check_labels(np.zeros((2, 1)), [], where="y")
+
+    monkeypatch.setattr(cli, "cmd_datasets", refuses)
+    rc = cli.main(["datasets"])
+    err = capsys.readouterr().err
+    assert (rc, err.startswith("tgjax: error:")) == (2, True), err

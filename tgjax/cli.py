@@ -931,17 +931,46 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tgjax: error: {_describe(e)}", file=sys.stderr)
-        return 2
+        if _expected(e):
+            print(f"tgjax: error: {_describe(e)}", file=sys.stderr)
+            return 2
+        _internal_error(e)
+        return 1
     except Exception as e:
         if getattr(args, "debug", False):
             raise
-        print(
-            f"tgjax: internal error: {type(e).__name__}: {e}\n"
-            "tgjax: run with --debug for the traceback.",
-            file=sys.stderr,
-        )
+        _internal_error(e)
         return 1
+
+
+def _internal_error(e: BaseException) -> None:
+    print(
+        f"tgjax: internal error: {type(e).__name__}: {e}\n"
+        "tgjax: run with --debug for the traceback.",
+        file=sys.stderr,
+    )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _expected(e: BaseException) -> bool:
+    """Whether ``e`` reports bad input or a bad environment, not a defect.
+
+    tgjax's own checks raise their errors with a message meant for the user;
+    the same exception types raised deep inside a library (a JSON encoder, a
+    JAX transformation) mean that tgjax itself went wrong. File-system errors
+    and missing packages are the environment's, wherever they surface.
+    """
+    if isinstance(e, (OSError, ImportError)):
+        return True
+    tb = e.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    where = os.path.abspath(tb.tb_frame.f_code.co_filename)
+    return where.startswith(_PACKAGE_DIR + os.sep)
 
 
 def _describe(e: BaseException) -> str:
