@@ -6,7 +6,67 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 import time
+
+# What ``tgjax compare`` writes into --out, and what ``tgjax report`` adds
+# to that folder. Nothing else in --out is ever replaced or deleted.
+COMPARE_FILES = frozenset({"results.json", "oracle.json", "results.md", "cost.png"})
+REPORT_FILES = frozenset({"report.md", "report.html", "figures"})
+
+
+def check_compare_folder(out: str, overwrite: bool) -> bool:
+    """Decides whether ``tgjax compare`` may write its outputs into ``out``.
+
+    Returns:
+      True when ``out`` holds earlier comparison outputs that ``overwrite``
+      allows to be replaced; False when it is absent or empty.
+
+    Raises:
+      ValueError: when ``out`` is a file, holds outputs and ``overwrite`` is
+        off, or holds anything that ``tgjax compare`` and ``tgjax report`` do
+        not write (never deleted, not even with ``--overwrite``).
+    """
+    if not os.path.exists(out):
+        return False
+    if not os.path.isdir(out):
+        raise ValueError(
+            f"--out {out} exists and is a file, not a folder; choose another --out."
+        )
+    names = sorted(os.listdir(out))
+    if not names:
+        return False
+    foreign = [n for n in names if n not in COMPARE_FILES | REPORT_FILES]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--out {out} holds files that 'tgjax compare' does not write "
+            f"({shown}); tgjax never deletes those, not even with --overwrite. "
+            "Choose a new or empty folder for --out."
+        )
+    if not overwrite:
+        raise ValueError(
+            f"--out {out} already holds comparison outputs ({', '.join(names)}); "
+            "pass --overwrite to replace them once the new run has finished, "
+            "or choose another --out."
+        )
+    return True
+
+
+def _install_outputs(staged: str, out: str) -> None:
+    """Moves the finished outputs from ``staged`` into ``out``, one atomic
+    rename per file, then drops stale outputs of the earlier comparison (and
+    the report made from it)."""
+    os.makedirs(out, exist_ok=True)
+    new = set(os.listdir(staged))
+    for name in sorted(new):
+        os.replace(os.path.join(staged, name), os.path.join(out, name))
+    for name in sorted((COMPARE_FILES | REPORT_FILES) - new):
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -57,7 +117,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=10, help="oracle top list size (10)")
     p.add_argument("--chunk-size", type=int, default=128)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace earlier comparison outputs in --out once the new run has "
+        "finished (a folder holding other files is refused)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p
@@ -100,17 +165,11 @@ def run(args) -> int:
         top=args.top,
         chunk_size=args.chunk_size,
     )
+    check_compare_folder(args.out, args.overwrite)
     kwargs = {"subset": args.subset} if args.subset is not None else {}
     data = load_dataset(args.dataset, **kwargs)
     if args.tasks:
         data = data.select_tasks(args.tasks)
-    if os.path.exists(args.out) and os.listdir(args.out):
-        if not args.overwrite:
-            raise ValueError(
-                f"{args.out} already holds files; pass --overwrite or choose "
-                "another --out."
-            )
-        shutil.rmtree(args.out)
     started = time.time()
 
     def log(line):
@@ -121,6 +180,17 @@ def run(args) -> int:
     result["settings"]["wall_seconds"] = round(time.time() - started, 1)
     if args.subset is not None:
         result["settings"]["subset"] = args.subset
-    write_outputs(args.out, result)
+    # The new outputs are written next to --out and moved in only when
+    # complete, so a failed or interrupted run leaves the old ones in place.
+    out = os.path.abspath(args.out)
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    staged = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    try:
+        write_outputs(staged, result)
+        check_compare_folder(args.out, args.overwrite)
+        _install_outputs(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     print(f"results: {os.path.join(args.out, 'results.md')}")
     return 0

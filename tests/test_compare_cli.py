@@ -1,0 +1,101 @@
+"""The ``tgjax compare`` command line: the output folder, the partition
+limit and the wording of its messages (no training needed)."""
+
+import json
+import os
+
+import pytest
+
+import tgjax.compare
+from tgjax import cli
+
+ARGS = ["compare", "--tasks", "Class1,Class2", "--groups", "2", "--epochs", "1"]
+
+
+def _fake_compare(calls):
+    def compare(data, config, log=None):
+        calls.append(config)
+        return {"settings": {"new": True}, "records": [], "oracle": None}
+
+    return compare
+
+
+def _fake_write(out_dir, result):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(result["settings"], f)
+    with open(os.path.join(out_dir, "results.md"), "w") as f:
+        f.write("new\n")
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    calls = []
+    monkeypatch.setattr(tgjax.compare, "compare", _fake_compare(calls))
+    monkeypatch.setattr(tgjax.compare, "write_outputs", _fake_write)
+    return calls
+
+
+def _old_outputs(folder):
+    folder.mkdir()
+    (folder / "results.json").write_text('{"old": true}')
+    (folder / "oracle.json").write_text("{}")
+    (folder / "results.md").write_text("old\n")
+
+
+def test_foreign_files_are_refused_even_with_overwrite(tmp_path, fake_run, capsys):
+    out = tmp_path / "cmp"
+    _old_outputs(out)
+    (out / "thesis.tex").write_text("\\chapter{}")
+    assert cli.main([*ARGS, "--out", str(out), "--overwrite", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "thesis.tex" in err and "not even with --overwrite" in err
+    assert (out / "thesis.tex").read_text() == "\\chapter{}"
+    assert (out / "results.json").read_text() == '{"old": true}'
+    assert not fake_run  # refused before any training
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, fake_run, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep")
+    assert cli.main([*ARGS, "--out", str(out), "--quiet"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert out.read_text() == "keep" and not fake_run
+
+
+def test_existing_outputs_need_overwrite(tmp_path, fake_run, capsys):
+    out = tmp_path / "cmp"
+    _old_outputs(out)
+    assert cli.main([*ARGS, "--out", str(out), "--quiet"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "results.md").read_text() == "old\n"
+
+
+def test_overwrite_replaces_outputs_only_after_success(tmp_path, fake_run):
+    out = tmp_path / "cmp"
+    _old_outputs(out)
+    (out / "figures").mkdir()  # written by 'tgjax report' from the old results
+    (out / "report.md").write_text("old report")
+    assert cli.main([*ARGS, "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert sorted(os.listdir(out)) == ["results.json", "results.md"]
+    assert json.loads((out / "results.json").read_text())["new"] is True
+    assert [n for n in os.listdir(tmp_path) if n != "cmp"] == []  # no staging left
+
+
+def test_a_failed_run_keeps_the_old_outputs(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    _old_outputs(out)
+
+    def crash(data, config, log=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tgjax.compare, "compare", crash)
+    assert cli.main([*ARGS, "--out", str(out), "--overwrite", "--quiet"]) != 0
+    assert sorted(os.listdir(out)) == ["oracle.json", "results.json", "results.md"]
+    assert (out / "results.json").read_text() == '{"old": true}'
+
+
+def test_new_folder_is_created(tmp_path, fake_run):
+    out = tmp_path / "a" / "b"
+    assert cli.main([*ARGS, "--out", str(out), "--quiet"]) == 0
+    assert sorted(os.listdir(out)) == ["results.json", "results.md"]
