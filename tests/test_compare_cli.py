@@ -1,6 +1,7 @@
 """The ``tgjax compare`` command line: the output folder, the partition
 limit and the wording of its messages (no training needed)."""
 
+import dataclasses
 import json
 import os
 
@@ -99,3 +100,80 @@ def test_new_folder_is_created(tmp_path, fake_run):
     out = tmp_path / "a" / "b"
     assert cli.main([*ARGS, "--out", str(out), "--quiet"]) == 0
     assert sorted(os.listdir(out)) == ["results.json", "results.md"]
+
+
+# The oracle's size is counted before any training.
+
+
+def test_all_fourteen_yeast_tasks_refuse_the_oracle_up_front(
+    tmp_path, fake_run, capsys
+):
+    args = ["compare", "--groups", "4", "--epochs", "1", "--out", str(tmp_path / "c")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "11,188,907 partitions" in err and "14 tasks" in err
+    for fix in ("--tasks", "--methods", "--max-partitions"):
+        assert fix in err
+    assert not fake_run and not (tmp_path / "c").exists()
+
+
+def test_max_partitions_sets_the_limit_and_the_count_is_printed(
+    tmp_path, fake_run, capsys
+):
+    args = [*ARGS, "--tasks", "Class1,Class2,Class3", "--out", str(tmp_path / "c")]
+    assert cli.main([*args, "--max-partitions", "3"]) == 2
+    assert "4 partitions" in capsys.readouterr().err and not fake_run
+    assert cli.main([*args, "--max-partitions", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "exhaustive, exhaustive-exact: 4 partitions of 3 tasks" in err
+    assert len(fake_run) == 1
+
+
+def test_oracle_progress_lines(capsys):
+    from tgjax.compare import CompareConfig, compare
+    from tgjax.config import RunConfig
+    from tgjax.data import load_dataset
+
+    data = load_dataset("yeast").select_tasks(["Class1", "Class2", "Class3"])
+    cc = CompareConfig(
+        groups=2,
+        epochs=1,
+        seeds=(0,),
+        methods=("exhaustive",),
+        run=RunConfig(hidden=(8,)),
+        chunk_size=2,
+    )
+    lines = []
+    compare(data, cc, log=lines.append)
+    assert lines[0].startswith("oracle (exhaustive): 4 partitions of 3 tasks")
+    assert any("4/4 partitions trained" in line for line in lines)
+    with pytest.raises(ValueError, match="max_partitions"):
+        compare(data, dataclasses.replace(cc, max_partitions=3))
+
+
+# Messages name the command-line flags.
+
+
+@pytest.mark.parametrize(
+    "extra, flag",
+    [
+        (["--groups", "0"], "--groups"),
+        (["--top", "0"], "--top"),
+        (["--chunk-size", "0"], "--chunk-size"),
+        (["--settle-max-epochs", "0"], "--settle-max-epochs"),
+        (["--methods", "mtl,foo"], "--methods"),
+        (["--settle-threshold", "1.5"], "--settle-threshold"),
+        (["--lr", "-1"], "--lr"),
+        (["--assignment-lr", "-1"], "--assignment-lr"),
+        (["--tau", "0"], "--tau"),
+        (["--hidden", "0"], "--hidden"),
+        (["--batch-size", "100000"], "--batch-size"),
+        (["--lookahead-lr", "-1"], "--lookahead-lr"),
+    ],
+)
+def test_messages_name_the_flag(tmp_path, fake_run, capsys, extra, flag):
+    argv = [*ARGS, *extra, "--out", str(tmp_path / "c"), "--quiet"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {flag} " in err or f"error: {flag}:" in err, err
+    assert not fake_run

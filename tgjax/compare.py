@@ -65,7 +65,25 @@ METHODS = (
     "exhaustive-exact",
 )
 ONE_SHOT = ("random", "dmtg")
+ORACLE_METHODS = ("exhaustive", "exhaustive-exact")
+# Default limit on the oracle's partitions per seed: 10 tasks into at most 3
+# groups (9,842) pass, 14 tasks into at most 4 (11.2 million) do not.
+MAX_PARTITIONS = 10_000
 Log = Callable[[str], None]
+
+
+def oracle_size(num_tasks: int, config: CompareConfig) -> int:
+    """Partitions the oracle trains per seed: every partition of the tasks
+    into at most K groups (0 when no method needs the oracle).
+
+    Example:
+      >>> cc = CompareConfig(groups=4, epochs=1, seeds=(0,), methods=("exhaustive",))
+      >>> oracle_size(14, cc)
+      11188907
+    """
+    if not set(ORACLE_METHODS) & set(config.methods):
+        return 0
+    return count_partitions(num_tasks, config.groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +106,9 @@ class CompareConfig:
         learning rate.
       top: size of the oracle's top list used for hit rates.
       chunk_size: most partitions trained in one compiled program.
+      max_partitions: the most partitions the oracle may train per seed
+        (None: no limit); :func:`compare` refuses larger oracles before
+        training anything. See :func:`oracle_size`.
     """
 
     groups: int
@@ -101,6 +122,7 @@ class CompareConfig:
     lookahead_lr: float | None = None
     top: int = 10
     chunk_size: int = 128
+    max_partitions: int | None = MAX_PARTITIONS
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -146,6 +168,25 @@ def _random_exact_partition(rng, n: int, k: int):
         labels = rng.integers(0, k, size=n)
         if len(np.unique(labels)) == k:
             return labels_to_partition(labels.tolist())
+
+
+def _progress(say: Log, seed: int, every: float = 10.0):
+    """A ``progress(done, total)`` that logs at most once per ``every`` seconds
+    (and at the end) while the oracle trains one seed."""
+    started = last = time.time()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.time()
+        if done < total and now - last < every:
+            return
+        last = now
+        say(
+            f"exhaustive: seed {seed}, {done:,}/{total:,} partitions trained "
+            f"({now - started:.1f} s)"
+        )
+
+    return report
 
 
 class _Settled(Exception):
@@ -222,22 +263,32 @@ def compare(
     names = data.task_names
     n, k = len(names), config.groups
     run = config.run
+    n_parts = oracle_size(n, config)
+    oracle_methods = ", ".join(m for m in ORACLE_METHODS if m in config.methods)
+    if config.max_partitions is not None and n_parts > config.max_partitions:
+        raise ValueError(
+            f"The oracle ({oracle_methods}) "
+            f"would train {n_parts:,} partitions of {n} tasks into at most {k} "
+            f"groups on each of {len(config.seeds)} seed(s), above max_partitions="
+            f"{config.max_partitions:,}. Select fewer tasks, leave the exhaustive "
+            "methods out of methods, or raise max_partitions."
+        )
     trainer = GroupingTrainer(data, run, config.epochs, chunk_size=config.chunk_size)
     spe = trainer.steps_per_epoch
     records: list[dict] = []
     oracle = None
 
     # The oracle: every partition into at most K groups, on every seed.
-    if {"exhaustive", "exhaustive-exact"} & set(config.methods):
+    if n_parts:
+        say(
+            f"oracle ({oracle_methods}): "
+            f"{n_parts:,} partitions of {n} tasks into at most {k} groups, "
+            f"trained on each of {len(config.seeds)} seed(s)"
+        )
         parts = partitions(n, k)
         per_seed = []
         for seed in config.seeds:
-            started = time.time()
-            scores = trainer.run(parts, seed)
-            say(
-                f"exhaustive: seed {seed}, {len(parts)} partitions in "
-                f"{time.time() - started:.1f} s"
-            )
+            scores = trainer.run(parts, seed, progress=_progress(say, seed))
             per_seed.append(scores)
             for method, keep in (
                 ("exhaustive", np.ones(len(parts), bool)),
@@ -270,7 +321,7 @@ def compare(
                     method, seed, partition_names(grouping, names), scores, 0, data
                 )
             )
-        say(f"{method}: done")
+            say(f"{method}: seed {seed} done")
 
     if "random" in config.methods:
         kk = min(k, n)
@@ -289,7 +340,7 @@ def compare(
                     "random", seed, partition_names(part, names), scores, 0, data
                 )
             )
-        say("random: done")
+            say(f"random: seed {seed} done")
 
     # The one-shot search at the oracle's budget, and searched until settled.
     dmtg_variants = (

@@ -76,7 +76,7 @@ def _names(text: str) -> tuple[str, ...]:
 def add_parser(sub) -> argparse.ArgumentParser:
     """Registers ``compare`` on an argparse subparsers object."""
     from tgjax.cli import int_list  # the main parser is built by tgjax.cli
-    from tgjax.compare import METHODS
+    from tgjax.compare import MAX_PARTITIONS, METHODS
 
     p = sub.add_parser(
         "compare",
@@ -116,6 +116,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--lookahead-lr", type=float, default=None, help="TAG lookahead")
     p.add_argument("--top", type=int, default=10, help="oracle top list size (10)")
     p.add_argument("--chunk-size", type=int, default=128)
+    p.add_argument(
+        "--max-partitions",
+        type=int,
+        default=MAX_PARTITIONS,
+        metavar="N",
+        help="refuse an exhaustive oracle of more than N partitions per seed "
+        f"({MAX_PARTITIONS:,})",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--overwrite",
@@ -126,6 +134,80 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--debug", action="store_true")
     return p
+
+
+# RunConfig settings and the compare flags that set them.
+_SETTING_FLAGS = {
+    "assignment_learning_rate": "--assignment-lr",
+    "learning_rate": "--lr",
+    "batch_size": "--batch-size",
+    "hidden": "--hidden",
+    "tau": "--tau",
+}
+
+
+def _flag_names(message: str) -> str:
+    """A RunConfig message with its setting names replaced by compare's flags."""
+    for setting, flag in _SETTING_FLAGS.items():
+        if message.startswith(setting + " "):
+            return flag + message[len(setting) :]
+    return message
+
+
+def _check_flags(args) -> None:
+    """Refuses out-of-range flag values, naming the flag."""
+    from tgjax.compare import METHODS
+
+    for flag, value in (
+        ("--groups", args.groups),
+        ("--epochs", args.epochs),
+        ("--seeds", args.seeds),
+        ("--oneshot-seeds", args.oneshot_seeds),
+        ("--settle-max-epochs", args.settle_max_epochs),
+        ("--top", args.top),
+        ("--chunk-size", args.chunk_size),
+        ("--max-partitions", args.max_partitions),
+    ):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}.")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        raise ValueError(
+            f"--methods: unknown method(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(METHODS)}."
+        )
+    if not 0 < args.settle_threshold < 1:
+        raise ValueError(
+            f"--settle-threshold must be in (0, 1), got {args.settle_threshold}."
+        )
+    if args.lookahead_lr is not None and not 0 < args.lookahead_lr < float("inf"):
+        raise ValueError(
+            f"--lookahead-lr must be a finite number > 0, got {args.lookahead_lr}."
+        )
+
+
+def _check_oracle_size(data, config, log) -> None:
+    """Counts the oracle's partitions before any training: says how many, and
+    refuses more than --max-partitions."""
+    from tgjax.compare import ORACLE_METHODS, oracle_size
+
+    count = oracle_size(len(data.task_names), config)
+    if not count:
+        return
+    methods = ", ".join(m for m in ORACLE_METHODS if m in config.methods)
+    n, k, seeds = len(data.task_names), config.groups, len(config.seeds)
+    if count > config.max_partitions:
+        raise ValueError(
+            f"{methods} would train every partition of {n} tasks into at most "
+            f"{k} groups: {count:,} partitions on each of {seeds} seed(s), above "
+            f"the limit of {config.max_partitions:,}. Choose fewer tasks with "
+            f"--tasks, leave {methods} out of --methods, or raise the limit with "
+            f"--max-partitions {count}."
+        )
+    log(
+        f"{methods}: {count:,} partitions of {n} tasks into at most {k} groups "
+        f"on each of {seeds} seed(s)"
+    )
 
 
 def run(args) -> int:
@@ -145,36 +227,46 @@ def run(args) -> int:
         )
         if value is not None
     }
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}.")
+    _check_flags(args)
     oneshot = None
     if args.oneshot_seeds is not None:
-        if args.oneshot_seeds < 1:
-            raise ValueError(f"--oneshot-seeds must be >= 1, got {args.oneshot_seeds}.")
         oneshot = tuple(range(args.oneshot_seeds))
+    try:
+        run_config = RunConfig(**run_values)
+    except ValueError as e:
+        raise ValueError(_flag_names(str(e))) from None
     config = CompareConfig(
         groups=args.groups,
         epochs=args.epochs,
         seeds=tuple(range(args.seeds)),
         oneshot_seeds=oneshot,
         methods=args.methods,
-        run=RunConfig(**run_values),
+        run=run_config,
         settle_threshold=args.settle_threshold,
         settle_max_epochs=args.settle_max_epochs,
         lookahead_lr=args.lookahead_lr,
         top=args.top,
         chunk_size=args.chunk_size,
+        max_partitions=args.max_partitions,
     )
     check_compare_folder(args.out, args.overwrite)
     kwargs = {"subset": args.subset} if args.subset is not None else {}
     data = load_dataset(args.dataset, **kwargs)
     if args.tasks:
         data = data.select_tasks(args.tasks)
+    if run_config.batch_size > len(data.train):
+        raise ValueError(
+            f"--batch-size {run_config.batch_size} is larger than the training "
+            f"split of {data.name} ({len(data.train)} examples); pass a smaller "
+            "--batch-size."
+        )
     started = time.time()
 
     def log(line):
         if not args.quiet:
             print(f"[{time.time() - started:7.1f} s] {line}", file=sys.stderr)
+
+    _check_oracle_size(data, config, log)
 
     result = compare(data, config, log=log)
     result["settings"]["wall_seconds"] = round(time.time() - started, 1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -250,12 +250,20 @@ class GroupingTrainer:
         safe = np.maximum(count, 1.0)[..., None]
         return loss / safe, err / safe  # [groupings, tasks, groups] means
 
-    def run(self, groupings: Sequence[Grouping], seed: int) -> GroupingScores:
+    def run(
+        self,
+        groupings: Sequence[Grouping],
+        seed: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GroupingScores:
         """Trains every grouping from the seed's initialisation.
 
         Args:
           groupings: groupings of task indices (groups may overlap).
           seed: seed of the initialisation and of the data order.
+          progress: optional ``progress(done, total)``, called after each
+            compiled batch of groupings.
 
         Returns:
           :class:`GroupingScores`, rows in the order of ``groupings``.
@@ -287,6 +295,7 @@ class GroupingTrainer:
             100.0,
             np.asarray(self.data.target_std, np.float64),
         )
+        done = 0
         for size, members_idx in sorted(by_size.items()):
             init, epoch_fn, eval_fn = self._functions(size)
             for start in range(0, len(members_idx), self.chunk_size):
@@ -303,6 +312,9 @@ class GroupingTrainer:
                     out,
                 )
                 out["wall_seconds"][idx] = (time.time() - started) / len(idx)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, n)
         return GroupingScores(
             steps=self.steps,
             num_groups=np.array([len(g) for g in groupings]),
