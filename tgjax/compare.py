@@ -7,7 +7,8 @@ number of epochs on several seeds and ranked by its mean validation total.
 Because grouping effects are often smaller than seed noise, the oracle also
 reports the seed-to-seed rank correlation and the noise band (partitions
 within two standard errors of the best), and a grouping counts as good when
-it lies inside that band.
+it lies inside that band. The band and the paired verdicts need at least
+``MIN_BAND_SEEDS`` (3) seeds; with fewer, only ranks are reported.
 
 Methods:
   ``stl``: one group per task. ``mtl``: one group for all tasks.
@@ -66,6 +67,15 @@ METHODS = (
 )
 ONE_SHOT = ("random", "dmtg")
 ORACLE_METHODS = ("exhaustive", "exhaustive-exact")
+# The fewest seeds for the noise band and the paired verdicts: a standard
+# error from two seeds rests on one difference and is too unstable to call
+# groupings equal or different, so with fewer seeds only ranks are reported.
+MIN_BAND_SEEDS = 3
+BAND_NOTE = (
+    f"No noise band or paired verdict: they need at least {MIN_BAND_SEEDS} "
+    "seeds, because a standard error from fewer seeds is too unstable (with 2 "
+    "seeds it rests on a single difference); only ranks and means are reported."
+)
 # Default limit on the oracle's partitions per seed: 10 tasks into at most 3
 # groups (9,842) pass, 14 tasks into at most 4 (11.2 million) do not.
 MAX_PARTITIONS = 10_000
@@ -526,6 +536,8 @@ def _oracle(parts, per_seed: Sequence[GroupingScores], config, names) -> dict:
         idx = np.flatnonzero(mask)
         info = {"count": int(mask.sum())}
         if v.shape[1] >= 2:
+            info["seed_rank_correlation"] = seed_rank_correlation(v)
+        if v.shape[1] >= MIN_BAND_SEEDS:
             band = noise_band(v)
             unpaired = noise_band(v, paired=False)
             inside = np.zeros(len(parts), bool)
@@ -535,7 +547,6 @@ def _oracle(parts, per_seed: Sequence[GroupingScores], config, names) -> dict:
                 best_mean=float(mean[idx[band["best"]]]),
                 noise_band_count=band["count"],
                 noise_band_count_unpaired=unpaired["count"],
-                seed_rank_correlation=seed_rank_correlation(v),
             )
             bands[label] = inside
         else:
@@ -626,7 +637,9 @@ def _paired(records, a: str, b: str) -> dict | None:
     d = np.array([va[s] - vb[s] for s in common])
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     mean = float(d.mean())
-    if mean > 2 * se:
+    if len(common) < MIN_BAND_SEEDS:
+        verdict = f"not judged (fewer than {MIN_BAND_SEEDS} seeds)"
+    elif mean > 2 * se:
         verdict = f"{a} worse"
     elif mean < -2 * se:
         verdict = f"{a} better"
@@ -686,6 +699,8 @@ def _summarise(records, oracle, config: CompareConfig, names) -> dict:
         }
         summary["oracle"]["partitions"] = len(oracle["parts"])
         summary["oracle"]["seeds"] = len(oracle["seeds"])
+        if len(oracle["seeds"]) < MIN_BAND_SEEDS:
+            summary["oracle"]["noise_band_note"] = BAND_NOTE
         if "random" in config.methods:
             exact = oracle["exact_mask"]
             top = {
@@ -789,6 +804,8 @@ def render_markdown(result: dict) -> str:
     oracle = summ.get("oracle")
     if oracle:
         lines += ["", "## Oracle", ""]
+        if oracle.get("noise_band_note"):
+            lines += [oracle["noise_band_note"], ""]
         for key, title in (("at_most_k", "at most K"), ("exact_k", "exactly K")):
             o = oracle.get(key)
             if not o:
@@ -819,6 +836,8 @@ def render_markdown(result: dict) -> str:
             ]
     if summ.get("claims"):
         lines += ["", "## Paired comparisons (validation total, common seeds)", ""]
+        if any(c["seeds"] < MIN_BAND_SEEDS for c in summ["claims"].values()):
+            lines += [BAND_NOTE, ""]
         for name, c in summ["claims"].items():
             lines.append(
                 f"- {name}: mean difference {c['mean_difference']:+.4f} ± "

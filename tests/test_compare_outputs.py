@@ -1,0 +1,81 @@
+"""What a comparison reports: the noise band's seed minimum, costs without
+compilation and the assignment confidence keys (synthetic scores, no
+training unless stated)."""
+
+import types
+
+import numpy as np
+
+from tgjax.compare import (
+    BAND_NOTE,
+    CompareConfig,
+    _oracle,
+    _paired,
+    _summarise,
+    render_markdown,
+)
+from tgjax.partitions import partitions
+
+NAMES = ["a", "b", "c"]
+
+
+def _scores(val):
+    val = np.asarray(val, np.float64)
+    return types.SimpleNamespace(val_total=val, test_total=val + 0.1)
+
+
+def _oracle_of(val):  # val: [partitions, seeds]
+    parts = partitions(3, 2)
+    cc = CompareConfig(
+        groups=2, epochs=1, seeds=tuple(range(val.shape[1])), methods=("exhaustive",)
+    )
+    return _oracle(parts, [_scores(v) for v in val.T], cc, NAMES), cc
+
+
+def test_two_seeds_give_ranks_but_no_noise_band():
+    # Partition 3 is the worst on average, and with two seeds its paired
+    # standard error is so large that it would be "in the band" while the
+    # better-ranked partition 2 would not.
+    val = np.array([[1.0, 1.0], [1.1, 1.1], [1.3, 1.3], [0.9, 2.0]])
+    oracle, cc = _oracle_of(val)
+    assert "noise_band_count" not in oracle["at_most_k"]
+    assert oracle["bands"] == {}
+    assert all("in_noise_band" not in p for p in oracle["partitions"])
+    assert [p["rank"] for p in oracle["partitions"]] == [1, 2, 3, 4]
+    summary = _summarise([], oracle, cc, NAMES)
+    assert summary["oracle"]["noise_band_note"] == BAND_NOTE
+    md = render_markdown(
+        {
+            "settings": {
+                "dataset": "toy",
+                "tasks": NAMES,
+                "groups": 2,
+                "epochs": 1,
+                "steps_per_epoch": 1,
+                "seeds": [0, 1],
+                "oneshot_seeds": [0, 1],
+                "settle_threshold": 0.9,
+            },
+            "summary": summary,
+        }
+    )
+    assert "need at least 3 seeds" in md
+
+
+def test_three_seeds_give_the_noise_band():
+    val = np.array([[1.0, 1.0, 1.0], [1.1, 1.1, 1.12], [1.3, 1.3, 1.3], [0, 2, 3.0]])
+    oracle, cc = _oracle_of(val)
+    assert oracle["at_most_k"]["noise_band_count"] >= 1
+    assert isinstance(oracle["partitions"][0]["in_noise_band"], bool)
+    assert "noise_band_note" not in _summarise([], oracle, cc, NAMES)["oracle"]
+
+
+def test_paired_verdict_needs_three_seeds():
+    recs = [
+        {"method": m, "seed": s, "val_total": v}
+        for m, vals in (("x", [1.0, 1.5, 1.2]), ("y", [2.0, 2.6, 2.1]))
+        for s, v in enumerate(vals)
+    ]
+    two = _paired([r for r in recs if r["seed"] < 2], "x", "y")
+    assert two["verdict"].startswith("not judged") and two["seeds"] == 2
+    assert _paired(recs, "x", "y")["verdict"] == "x better"
