@@ -347,6 +347,12 @@ def test_compare_end_to_end_on_three_yeast_tasks(tmp_path):
             # Common randomness: the MTL run equals the oracle's MTL partition.
             p = by_groups[((0, 1, 2),)]
             assert r["val_total"] == pytest.approx(p["val_total"][r["seed"]], 1e-5)
+        if r["method"].startswith("dmtg"):
+            # The mean over tasks of the largest probability, as 'tgjax train'
+            # writes it, and the smallest over tasks; no ambiguous key.
+            assert "assignment_confidence" not in r
+            lo, mean = r["assignment_confidence_min"], r["assignment_confidence_mean"]
+            assert 0.5 <= lo <= mean <= 1.0  # K = 2
         if r["method"] == "stl":
             assert r["oracle_rank"] is None  # 3 groups are more than K = 2
     steps = results["settings"]["steps_per_epoch"]

@@ -79,3 +79,31 @@ def test_paired_verdict_needs_three_seeds():
     two = _paired([r for r in recs if r["seed"] < 2], "x", "y")
     assert two["verdict"].startswith("not judged") and two["seeds"] == 2
     assert _paired(recs, "x", "y")["verdict"] == "x better"
+
+
+def test_assignment_confidence_keys_are_named_for_what_they_are():
+    cc = CompareConfig(groups=2, epochs=1, seeds=(0, 1), methods=("dmtg",))
+    recs = [
+        {
+            "method": "dmtg",
+            "seed": s,
+            "groups": [["a", "b"], ["c"]],
+            "num_groups": 2,
+            "val_total": 1.0,
+            "test_total": 1.0,
+            "test_metric_total": 1.0,
+            "train_steps": 2,
+            "branch_steps": 4,
+            "wall_seconds": 0.1,
+            "run_seconds": 0.1,
+            "compile_seconds": 0.0,
+            "search_epochs": 1,
+            "assignment_confidence_mean": mean,
+            "assignment_confidence_min": lo,
+        }
+        for s, (mean, lo) in enumerate([(0.8, 0.6), (0.9, 0.7)])
+    ]
+    m = _summarise(recs, None, cc, NAMES)["methods"]["dmtg"]
+    assert m["assignment_confidence_mean"]["mean"] == 0.85
+    assert m["assignment_confidence_min"]["mean"] == 0.65
+    assert "assignment_confidence" not in m
