@@ -335,6 +335,9 @@ def test_compare_end_to_end_on_three_yeast_tasks(tmp_path):
     }
     for r in records:
         assert r["train_steps"] > 0 and r["wall_seconds"] >= 0
+        assert r["run_seconds"] >= 0 and r["compile_seconds"] >= 0
+        split = r["run_seconds"] + r["compile_seconds"]
+        assert split == pytest.approx(r["wall_seconds"], abs=2e-3)
         assert set(r["test_metric"]) == set(THREE)
         if r["method"] in ("exhaustive", "mtl", "random", "dmtg", "tag-partition"):
             assert 1 <= r["oracle_rank"] <= 4
@@ -365,3 +368,4 @@ def test_compare_end_to_end_on_three_yeast_tasks(tmp_path):
     assert 0.0 <= lo <= hi <= 1.0
     md = (out / "results.md").read_text()
     assert "| dmtg |" in md and "need at least 3 seeds" in md
+    assert "| run s | compile s |" in md and "run s is wall time without" in md

@@ -108,3 +108,53 @@ def test_assignment_confidence_keys_are_named_for_what_they_are():
     assert m["assignment_confidence_mean"]["mean"] == pytest.approx(0.85)
     assert m["assignment_confidence_min"]["mean"] == pytest.approx(0.65)
     assert "assignment_confidence" not in m
+
+
+def test_compile_time_is_reported_apart_from_run_time():
+    # Training in a program of a new shape compiles; the same grouping again
+    # reuses it. Run seconds exclude the compilation either way.
+    from tgjax.config import RunConfig
+    from tgjax.data import load_dataset
+    from tgjax.grouptrain import GroupingTrainer
+
+    data = load_dataset("yeast").select_tasks(["Class1", "Class2"])
+    tr = GroupingTrainer(data, RunConfig(hidden=(5,)), epochs=1)
+    first = tr.run([[(0, 1)]], seed=0)
+    again = tr.run([[(0, 1)]], seed=1)
+    assert first.compile_seconds[0] > 0.5 * first.wall_seconds[0]
+    assert again.compile_seconds[0] == 0.0
+    assert first.compile_seconds[0] <= first.wall_seconds[0]
+
+
+def test_report_plots_costs_that_do_not_depend_on_method_order(tmp_path):
+    import json
+
+    from tgjax.report import summarize_records, write_report
+
+    recs = [
+        {
+            "method": m,
+            "seed": s,
+            "groups": [["a", "b"]],
+            "val_total": 1.0 + s,
+            "test_total": 1.0,
+            "train_steps": 10,
+            "wall_seconds": wall,
+            "compile_seconds": comp,
+            "run_seconds": wall - comp,
+        }
+        for m, s, wall, comp in (
+            ("stl", 0, 6.5, 6.4),
+            ("stl", 1, 0.2, 0.0),
+            ("mtl", 0, 0.1, 0.0),
+            ("mtl", 1, 0.1, 0.0),
+        )
+    ]
+    rows = {r["method"]: r for r in summarize_records(recs)}
+    assert rows["stl"]["steps_mean"] == 10
+    assert rows["stl"]["run_seconds_mean"] == pytest.approx(0.15)
+    (tmp_path / "results.json").write_text(json.dumps({"records": recs}))
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| run s | compile s | steps |" in md
+    assert "run s is wall time without compilation" in md
