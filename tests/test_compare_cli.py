@@ -169,6 +169,8 @@ def test_oracle_progress_lines(capsys):
         (["--hidden", "0"], "--hidden"),
         (["--batch-size", "100000"], "--batch-size"),
         (["--lookahead-lr", "-1"], "--lookahead-lr"),
+        (["--subset", "10"], "--subset"),
+        (["--dataset", "nope"], "--dataset"),
     ],
 )
 def test_messages_name_the_flag(tmp_path, fake_run, capsys, extra, flag):

@@ -186,6 +186,30 @@ def _check_flags(args) -> None:
         )
 
 
+def _check_dataset(name: str, kwargs: dict) -> None:
+    """Refuses an unknown --dataset, and --subset for a data set without one."""
+    import inspect
+
+    from tgjax.data import DATASETS
+
+    if name not in DATASETS:
+        raise ValueError(
+            f"--dataset {name}: unknown data set; choose one of "
+            f"{', '.join(sorted(DATASETS))}."
+        )
+    params = inspect.signature(DATASETS[name]).parameters
+    if "subset" in kwargs and "subset" not in params:
+        takes = sorted(
+            n
+            for n, f in DATASETS.items()
+            if "subset" in inspect.signature(f).parameters
+        )
+        raise ValueError(
+            f"--subset does not apply to --dataset {name}; it draws examples of "
+            f"{', '.join(takes) or 'no data set'}. Leave --subset out."
+        )
+
+
 def _check_oracle_size(data, config, log) -> None:
     """Counts the oracle's partitions before any training: says how many, and
     refuses more than --max-partitions."""
@@ -251,6 +275,7 @@ def run(args) -> int:
     )
     check_compare_folder(args.out, args.overwrite)
     kwargs = {"subset": args.subset} if args.subset is not None else {}
+    _check_dataset(args.dataset, kwargs)
     data = load_dataset(args.dataset, **kwargs)
     if args.tasks:
         data = data.select_tasks(args.tasks)
