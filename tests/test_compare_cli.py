@@ -96,6 +96,23 @@ def test_a_failed_run_keeps_the_old_outputs(tmp_path, monkeypatch):
     assert (out / "results.json").read_text() == '{"old": true}'
 
 
+def test_a_file_added_during_the_run_keeps_both(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "cmp"
+    _old_outputs(out)
+
+    def compare(data, config, log=None):
+        (out / "notes.txt").write_text("mine")
+        return {"settings": {"new": True}, "records": [], "oracle": None}
+
+    monkeypatch.setattr(tgjax.compare, "compare", compare)
+    monkeypatch.setattr(tgjax.compare, "write_outputs", _fake_write)
+    assert cli.main([*ARGS, "--out", str(out), "--overwrite", "--quiet"]) == 2
+    assert "notes.txt" in capsys.readouterr().err
+    assert (out / "results.md").read_text() == "old\n"
+    (staged,) = [p for p in tmp_path.iterdir() if p.name != "cmp"]
+    assert (staged / "results.md").read_text() == "new\n"
+
+
 def test_new_folder_is_created(tmp_path, fake_run):
     out = tmp_path / "a" / "b"
     assert cli.main([*ARGS, "--out", str(out), "--quiet"]) == 0

@@ -446,6 +446,7 @@ def compare(
         "methods": list(config.methods),
         "settle_threshold": config.settle_threshold,
         "settle_max_epochs": config.settle_max_epochs,
+        "max_partitions": config.max_partitions,
         "lookahead_lr": config.lookahead_lr or run.learning_rate,
         "run": run.to_dict(),
         "examples": {

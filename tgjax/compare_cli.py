@@ -303,11 +303,17 @@ def run(args) -> int:
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     staged = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+    keep = False
     try:
         write_outputs(staged, result)
-        check_compare_folder(args.out, args.overwrite)
+        try:  # --out may have changed while the comparison ran
+            check_compare_folder(args.out, args.overwrite)
+        except ValueError as e:
+            keep = True
+            raise ValueError(f"{e} The new outputs are kept in {staged}.") from None
         _install_outputs(staged, out)
     finally:
-        shutil.rmtree(staged, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(staged, ignore_errors=True)
     print(f"results: {os.path.join(args.out, 'results.md')}")
     return 0
