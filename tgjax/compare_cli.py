@@ -210,9 +210,9 @@ def _check_dataset(name: str, kwargs: dict) -> None:
         )
 
 
-def _check_oracle_size(data, config, log) -> None:
-    """Counts the oracle's partitions before any training: says how many, and
-    refuses more than --max-partitions."""
+def _check_oracle_size(data, config) -> None:
+    """Counts the oracle's partitions before any training and refuses more
+    than --max-partitions (compare itself logs the count)."""
     from tgjax.compare import ORACLE_METHODS, oracle_size
 
     count = oracle_size(len(data.task_names), config)
@@ -228,10 +228,6 @@ def _check_oracle_size(data, config, log) -> None:
             f"--tasks, leave {methods} out of --methods, or raise the limit with "
             f"--max-partitions {count}."
         )
-    log(
-        f"{methods}: {count:,} partitions of {n} tasks into at most {k} groups "
-        f"on each of {seeds} seed(s)"
-    )
 
 
 def run(args) -> int:
@@ -291,7 +287,7 @@ def run(args) -> int:
         if not args.quiet:
             print(f"[{time.time() - started:7.1f} s] {line}", file=sys.stderr)
 
-    _check_oracle_size(data, config, log)
+    _check_oracle_size(data, config)
 
     result = compare(data, config, log=log)
     result["settings"]["wall_seconds"] = round(time.time() - started, 1)
