@@ -7,7 +7,8 @@ number of epochs on several seeds and ranked by its mean validation total.
 Because grouping effects are often smaller than seed noise, the oracle also
 reports the seed-to-seed rank correlation and the noise band (partitions
 within two standard errors of the best), and a grouping counts as good when
-it lies inside that band.
+it lies inside that band. The band and the paired verdicts need at least
+``MIN_BAND_SEEDS`` (3) seeds; with fewer, only ranks are reported.
 
 Methods:
   ``stl``: one group per task. ``mtl``: one group for all tasks.
@@ -25,7 +26,10 @@ Every grouping other than dmtg's is trained from scratch for ``epochs``
 epochs by :class:`tgjax.grouptrain.GroupingTrainer` and scored at its best
 validation epoch. Costs are optimizer steps summed over every training run
 a method needs (``train_steps``) and steps times branches trained
-(``branch_steps``, a proxy of compute), plus wall seconds.
+(``branch_steps``, a proxy of compute), and seconds split into
+``compile_seconds`` (tracing and XLA compilation, paid by whichever method
+first needs a program of a given shape, so it depends on the order methods
+run in) and ``run_seconds`` (the rest of ``wall_seconds``, which does not).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import jax
 import numpy as np
 
 from tgjax.baselines.tag import make_affinity_epoch, search_kind, select_groups
+from tgjax.compiletime import CompileClock
 from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData
 from tgjax.grouptrain import GroupingScores, GroupingTrainer
@@ -65,7 +70,34 @@ METHODS = (
     "exhaustive-exact",
 )
 ONE_SHOT = ("random", "dmtg")
+ORACLE_METHODS = ("exhaustive", "exhaustive-exact")
+# The fewest seeds for the noise band and the paired verdicts: a standard
+# error from two seeds rests on one difference and is too unstable to call
+# groupings equal or different, so with fewer seeds only ranks are reported.
+MIN_BAND_SEEDS = 3
+BAND_NOTE = (
+    f"No noise band or paired verdict: they need at least {MIN_BAND_SEEDS} "
+    "seeds, because a standard error from fewer seeds is too unstable (with 2 "
+    "seeds it rests on a single difference); only ranks and means are reported."
+)
+# Default limit on the oracle's partitions per seed: 10 tasks into at most 3
+# groups (9,842) pass, 14 tasks into at most 4 (11.2 million) do not.
+MAX_PARTITIONS = 10_000
 Log = Callable[[str], None]
+
+
+def oracle_size(num_tasks: int, config: CompareConfig) -> int:
+    """Partitions the oracle trains per seed: every partition of the tasks
+    into at most K groups (0 when no method needs the oracle).
+
+    Example:
+      >>> cc = CompareConfig(groups=4, epochs=1, seeds=(0,), methods=("exhaustive",))
+      >>> oracle_size(14, cc)
+      11188907
+    """
+    if not set(ORACLE_METHODS) & set(config.methods):
+        return 0
+    return count_partitions(num_tasks, config.groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +120,9 @@ class CompareConfig:
         learning rate.
       top: size of the oracle's top list used for hit rates.
       chunk_size: most partitions trained in one compiled program.
+      max_partitions: the most partitions the oracle may train per seed
+        (None: no limit); :func:`compare` refuses larger oracles before
+        training anything. See :func:`oracle_size`.
     """
 
     groups: int
@@ -101,6 +136,7 @@ class CompareConfig:
     lookahead_lr: float | None = None
     top: int = 10
     chunk_size: int = 128
+    max_partitions: int | None = MAX_PARTITIONS
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -148,6 +184,25 @@ def _random_exact_partition(rng, n: int, k: int):
             return labels_to_partition(labels.tolist())
 
 
+def _progress(say: Log, seed: int, every: float = 10.0):
+    """A ``progress(done, total)`` that logs at most once per ``every`` seconds
+    (and at the end) while the oracle trains one seed."""
+    started = last = time.time()
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.time()
+        if done < total and now - last < every:
+            return
+        last = now
+        say(
+            f"exhaustive: seed {seed}, {done:,}/{total:,} partitions trained "
+            f"({now - started:.1f} s)"
+        )
+
+    return report
+
+
 class _Settled(Exception):
     def __init__(self, epoch: int, settled: bool):
         self.epoch, self.settled = epoch, settled
@@ -163,7 +218,18 @@ def _fit_metric(data: MultiTaskData, test: dict) -> np.ndarray:
     return np.array([test["tasks"][n]["value"] for n in data.task_names])
 
 
-def _record(method, seed, groups, val, test, metric, steps, branch_steps, wall, data):
+def _seconds(wall: float, compile_s: float) -> dict:
+    """Wall seconds split into compilation and the rest (the run)."""
+    wall, compile_s = float(wall), min(float(compile_s), float(wall))
+    return {
+        "wall_seconds": round(wall, 3),
+        "compile_seconds": round(compile_s, 3),
+        "run_seconds": round(wall - compile_s, 3),
+    }
+
+
+def _record(method, seed, groups, val, test, metric, steps, branch_steps, clock, data):
+    """One method's result on one seed; ``clock`` is (wall, compile) seconds."""
     return {
         "method": method,
         "seed": int(seed),
@@ -174,7 +240,7 @@ def _record(method, seed, groups, val, test, metric, steps, branch_steps, wall, 
         **_metric_summary(data, metric),
         "train_steps": int(steps),
         "branch_steps": int(branch_steps),
-        "wall_seconds": round(float(wall), 3),
+        **_seconds(*clock),
     }
 
 
@@ -189,7 +255,7 @@ def _from_scores(method, seed, groupings_names, scores: GroupingScores, i, data)
         scores.test_metric[i],
         scores.steps,
         scores.steps * len(g),
-        scores.wall_seconds[i],
+        (scores.wall_seconds[i], scores.compile_seconds[i]),
         data,
     )
 
@@ -222,22 +288,32 @@ def compare(
     names = data.task_names
     n, k = len(names), config.groups
     run = config.run
+    n_parts = oracle_size(n, config)
+    oracle_methods = ", ".join(m for m in ORACLE_METHODS if m in config.methods)
+    if config.max_partitions is not None and n_parts > config.max_partitions:
+        raise ValueError(
+            f"The oracle ({oracle_methods}) "
+            f"would train {n_parts:,} partitions of {n} tasks into at most {k} "
+            f"groups on each of {len(config.seeds)} seed(s), above max_partitions="
+            f"{config.max_partitions:,}. Select fewer tasks, leave the exhaustive "
+            "methods out of methods, or raise max_partitions."
+        )
     trainer = GroupingTrainer(data, run, config.epochs, chunk_size=config.chunk_size)
     spe = trainer.steps_per_epoch
     records: list[dict] = []
     oracle = None
 
     # The oracle: every partition into at most K groups, on every seed.
-    if {"exhaustive", "exhaustive-exact"} & set(config.methods):
+    if n_parts:
+        say(
+            f"oracle ({oracle_methods}): "
+            f"{n_parts:,} partitions of {n} tasks into at most {k} groups, "
+            f"trained on each of {len(config.seeds)} seed(s)"
+        )
         parts = partitions(n, k)
         per_seed = []
         for seed in config.seeds:
-            started = time.time()
-            scores = trainer.run(parts, seed)
-            say(
-                f"exhaustive: seed {seed}, {len(parts)} partitions in "
-                f"{time.time() - started:.1f} s"
-            )
+            scores = trainer.run(parts, seed, progress=_progress(say, seed))
             per_seed.append(scores)
             for method, keep in (
                 ("exhaustive", np.ones(len(parts), bool)),
@@ -254,7 +330,12 @@ def compare(
                     scores.steps
                     * sum(len(p) for p, q in zip(parts, keep, strict=True) if q)
                 )
-                rec["wall_seconds"] = round(float(scores.wall_seconds[keep].sum()), 3)
+                rec.update(
+                    _seconds(
+                        scores.wall_seconds[keep].sum(),
+                        scores.compile_seconds[keep].sum(),
+                    )
+                )
                 records.append(rec)
         oracle = _oracle(parts, per_seed, config, names)
 
@@ -270,7 +351,7 @@ def compare(
                     method, seed, partition_names(grouping, names), scores, 0, data
                 )
             )
-        say(f"{method}: done")
+            say(f"{method}: seed {seed} done")
 
     if "random" in config.methods:
         kk = min(k, n)
@@ -289,7 +370,7 @@ def compare(
                     "random", seed, partition_names(part, names), scores, 0, data
                 )
             )
-        say("random: done")
+            say(f"random: seed {seed} done")
 
     # The one-shot search at the oracle's budget, and searched until settled.
     dmtg_variants = (
@@ -318,15 +399,14 @@ def compare(
     affinities = {}
     if tag_methods:
         for seed in config.seeds_of("tag"):
-            started = time.time()
-            aff = task_affinities(
-                data,
-                run,
-                config.epochs,
-                seed,
-                lookahead_lr=config.lookahead_lr or run.learning_rate,
-            )
-            aff_wall = time.time() - started
+            with CompileClock() as aff_clock:
+                aff = task_affinities(
+                    data,
+                    run,
+                    config.epochs,
+                    seed,
+                    lookahead_lr=config.lookahead_lr or run.learning_rate,
+                )
             affinities[seed] = aff.round(8).tolist()
             for method in tag_methods:
                 overlap = method == "tag"
@@ -337,7 +417,12 @@ def compare(
                 )
                 rec["train_steps"] += spe * config.epochs
                 rec["branch_steps"] += spe * config.epochs
-                rec["wall_seconds"] = round(rec["wall_seconds"] + aff_wall, 3)
+                rec.update(
+                    _seconds(
+                        rec["wall_seconds"] + aff_clock.wall_seconds,
+                        rec["compile_seconds"] + aff_clock.compile_seconds,
+                    )
+                )
                 rec["tag_search"] = search_kind(n, k, overlap)
                 rec["served_by"] = {
                     t: int(g) for t, g in zip(names, scores.served_by[0], strict=True)
@@ -361,6 +446,7 @@ def compare(
         "methods": list(config.methods),
         "settle_threshold": config.settle_threshold,
         "settle_max_epochs": config.settle_max_epochs,
+        "max_partitions": config.max_partitions,
         "lookahead_lr": config.lookahead_lr or run.learning_rate,
         "run": run.to_dict(),
         "examples": {
@@ -396,9 +482,8 @@ def _run_dmtg(method, data, cfg: RunConfig, spe: int, threshold) -> dict:
         except _Settled as s:
             search_epochs, settled = s.epoch, s.settled
         cfg = dataclasses.replace(cfg, epochs=search_epochs)
-    started = time.time()
-    res = fit(data, cfg)
-    wall = time.time() - started
+    with CompileClock() as clock:
+        res = fit(data, cfg)
     m = len(res.groups)
     rec = _record(
         method,
@@ -409,12 +494,16 @@ def _run_dmtg(method, data, cfg: RunConfig, spe: int, threshold) -> dict:
         _fit_metric(data, res.test),
         spe * (cfg.epochs + cfg.finetune_epochs),
         spe * (cfg.groups * cfg.epochs + m * cfg.finetune_epochs),
-        wall,
+        (clock.wall_seconds, clock.compile_seconds),
         data,
     )
     probs = np.asarray(res.probabilities)
     rec["search_epochs"] = cfg.epochs
-    rec["assignment_confidence"] = float(probs.max(1).min())
+    # Two summaries of softmax(S) at the end of the search: the mean over
+    # tasks of the largest probability (the ``assignment_confidence`` of
+    # 'tgjax train'), and the smallest of those (the least settled task).
+    rec["assignment_confidence_mean"] = float(probs.max(1).mean())
+    rec["assignment_confidence_min"] = float(probs.max(1).min())
     if settled is not None:
         rec["settled"] = bool(settled)
     return rec
@@ -475,6 +564,8 @@ def _oracle(parts, per_seed: Sequence[GroupingScores], config, names) -> dict:
         idx = np.flatnonzero(mask)
         info = {"count": int(mask.sum())}
         if v.shape[1] >= 2:
+            info["seed_rank_correlation"] = seed_rank_correlation(v)
+        if v.shape[1] >= MIN_BAND_SEEDS:
             band = noise_band(v)
             unpaired = noise_band(v, paired=False)
             inside = np.zeros(len(parts), bool)
@@ -484,7 +575,6 @@ def _oracle(parts, per_seed: Sequence[GroupingScores], config, names) -> dict:
                 best_mean=float(mean[idx[band["best"]]]),
                 noise_band_count=band["count"],
                 noise_band_count_unpaired=unpaired["count"],
-                seed_rank_correlation=seed_rank_correlation(v),
             )
             bands[label] = inside
         else:
@@ -575,7 +665,9 @@ def _paired(records, a: str, b: str) -> dict | None:
     d = np.array([va[s] - vb[s] for s in common])
     se = float(d.std(ddof=1) / math.sqrt(len(d)))
     mean = float(d.mean())
-    if mean > 2 * se:
+    if len(common) < MIN_BAND_SEEDS:
+        verdict = f"not judged (fewer than {MIN_BAND_SEEDS} seeds)"
+    elif mean > 2 * se:
         verdict = f"{a} worse"
     elif mean < -2 * se:
         verdict = f"{a} better"
@@ -599,6 +691,8 @@ def _summarise(records, oracle, config: CompareConfig, names) -> dict:
             "train_steps": float(np.mean([r["train_steps"] for r in rs])),
             "branch_steps": float(np.mean([r["branch_steps"] for r in rs])),
             "wall_seconds": float(np.mean([r["wall_seconds"] for r in rs])),
+            "run_seconds": float(np.mean([r["run_seconds"] for r in rs])),
+            "compile_seconds": float(np.mean([r["compile_seconds"] for r in rs])),
             "num_groups": _mean_std([r["num_groups"] for r in rs]),
             "distinct_groupings": len({canonical_names(r["groups"]) for r in rs}),
         }
@@ -623,10 +717,9 @@ def _summarise(records, oracle, config: CompareConfig, names) -> dict:
         if "settled" in rs[0]:
             s["settled"] = {"count": sum(r["settled"] for r in rs), "of": len(rs)}
             s["search_epochs"] = _mean_std([r["search_epochs"] for r in rs])
-        if "assignment_confidence" in rs[0]:
-            s["assignment_confidence"] = _mean_std(
-                [r["assignment_confidence"] for r in rs]
-            )
+        for key in ("assignment_confidence_mean", "assignment_confidence_min"):
+            if key in rs[0]:
+                s[key] = _mean_std([r[key] for r in rs])
         methods[m] = s
     summary = {"methods": methods}
     if oracle is not None:
@@ -635,6 +728,8 @@ def _summarise(records, oracle, config: CompareConfig, names) -> dict:
         }
         summary["oracle"]["partitions"] = len(oracle["parts"])
         summary["oracle"]["seeds"] = len(oracle["seeds"])
+        if len(oracle["seeds"]) < MIN_BAND_SEEDS:
+            summary["oracle"]["noise_band_note"] = BAND_NOTE
         if "random" in config.methods:
             exact = oracle["exact_mask"]
             top = {
@@ -691,12 +786,19 @@ def render_markdown(result: dict) -> str:
         f"one-shot methods on {len(st['oneshot_seeds'])} seeds. Validation and "
         "test totals are sums over tasks of the mean loss; the metric total sums "
         "error percentages (classification) or MAEs (regression). Mean ± std "
-        "over seeds.",
+        "over seeds. Costs, per seed: train steps are optimizer steps summed "
+        "over every training run of the method, branch steps weight each run's "
+        "steps by its branches; run s is wall time without compilation; "
+        "compile s is tracing and XLA compilation, paid by whichever method "
+        "first needs a program of a given shape, so it depends on the order "
+        "the methods ran in and is not a cost of the method. cost.png plots "
+        "branch steps.",
         "",
         "| method | seeds | val total | test total | test metric total | groups | "
         "oracle val mean | oracle percentile | in noise band | "
-        "top-10 hits (95% Wilson) | train steps | branch steps | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "top-10 hits (95% Wilson) | train steps | branch steps | run s | "
+        "compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, s in summ["methods"].items():
         band = s.get("in_noise_band")
@@ -715,7 +817,7 @@ def render_markdown(result: dict) -> str:
             f"{_fmt(s.get('oracle_percentile'), 1)} | "
             f"{band_text} | {hit_text} | "
             f"{s['train_steps']:.0f} | {s['branch_steps']:.0f} | "
-            f"{s['wall_seconds']:.1f} |"
+            f"{s['run_seconds']:.2f} | {s['compile_seconds']:.2f} |"
         )
     extra = []
     for m, s in summ["methods"].items():
@@ -726,10 +828,12 @@ def render_markdown(result: dict) -> str:
                 f"{s['settled']['of']} seeds after {_fmt(s['search_epochs'], 1)} "
                 "search epochs."
             )
-        if "assignment_confidence" in s:
+        if "assignment_confidence_min" in s:
             extra.append(
-                f"- {m}: smallest row maximum of softmax(S) at the end of the "
-                f"search {_fmt(s['assignment_confidence'], 3)}; "
+                f"- {m}: largest probability of each task's row of softmax(S) at "
+                "the end of the search: smallest over tasks "
+                f"{_fmt(s['assignment_confidence_min'], 3)}, mean over tasks "
+                f"{_fmt(s.get('assignment_confidence_mean'), 3)}; "
                 f"{s['distinct_groupings']} distinct groupings over "
                 f"{s['seeds']} seeds."
             )
@@ -738,6 +842,8 @@ def render_markdown(result: dict) -> str:
     oracle = summ.get("oracle")
     if oracle:
         lines += ["", "## Oracle", ""]
+        if oracle.get("noise_band_note"):
+            lines += [oracle["noise_band_note"], ""]
         for key, title in (("at_most_k", "at most K"), ("exact_k", "exactly K")):
             o = oracle.get(key)
             if not o:
@@ -768,6 +874,8 @@ def render_markdown(result: dict) -> str:
             ]
     if summ.get("claims"):
         lines += ["", "## Paired comparisons (validation total, common seeds)", ""]
+        if any(c["seeds"] < MIN_BAND_SEEDS for c in summ["claims"].values()):
+            lines += [BAND_NOTE, ""]
         for name, c in summ["claims"].items():
             lines.append(
                 f"- {name}: mean difference {c['mean_difference']:+.4f} ± "
@@ -805,7 +913,7 @@ def plot_cost(result: dict, path) -> None:
         )
         ax.legend(fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("cost: optimizer steps x branches, summed over runs")
+    ax.set_xlabel("cost: optimizer steps x branches, summed over runs (branch steps)")
     ax.set_ylabel("validation total loss")
     ax.set_title(f"{result['settings']['dataset']}, K = {result['settings']['groups']}")
     ax.grid(alpha=0.3)

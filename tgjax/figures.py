@@ -372,11 +372,12 @@ def plot_cost_quality(
         ``val_total``, ``test_total`` and each cost, ``<key>_mean`` and
         ``<key>_std``.
       path: PNG file to write.
-      costs: cost keys for the x axes, e.g. ``("wall_seconds", "steps")``.
+      costs: cost keys for the x axes, e.g. ``("run_seconds", "steps")``.
     """
     plt = pyplot()
     labels = {
-        "wall_seconds": "wall time (s)",
+        "wall_seconds": "wall time, compilation included (s)",
+        "run_seconds": "run time without compilation (s)",
         "steps": "training steps",
         "val_total": "validation total",
         "test_total": "test total",
@@ -407,7 +408,7 @@ def plot_cost_quality(
             ax.set_xlabel(labels.get(cost, cost))
             ax.set_ylabel(labels[quality] + " (lower is better)")
             ax.grid(alpha=0.3)
-            if cost == "wall_seconds":
+            if cost in ("wall_seconds", "run_seconds"):
                 ax.set_xscale("log")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(

@@ -21,14 +21,14 @@ this common randomness makes the comparison of groupings paired.
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tgjax.compiletime import CompileClock
 from tgjax.config import RunConfig
 from tgjax.data.base import MultiTaskData
 from tgjax.pipeline import build_model
@@ -101,6 +101,9 @@ class GroupingScores:
       num_groups: `[groupings]` number of groups (branches) of each grouping.
       wall_seconds: `[groupings]` share of the wall time of its batch of
         groupings (compilation included).
+      compile_seconds: `[groupings]` share of the part of that wall time
+        spent compiling (non-zero only for the first batch of each shape;
+        see :mod:`tgjax.compiletime`).
     """
 
     val_total: np.ndarray
@@ -114,6 +117,7 @@ class GroupingScores:
     steps: int
     num_groups: np.ndarray
     wall_seconds: np.ndarray
+    compile_seconds: np.ndarray
 
 
 class GroupingTrainer:
@@ -250,12 +254,20 @@ class GroupingTrainer:
         safe = np.maximum(count, 1.0)[..., None]
         return loss / safe, err / safe  # [groupings, tasks, groups] means
 
-    def run(self, groupings: Sequence[Grouping], seed: int) -> GroupingScores:
+    def run(
+        self,
+        groupings: Sequence[Grouping],
+        seed: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> GroupingScores:
         """Trains every grouping from the seed's initialisation.
 
         Args:
           groupings: groupings of task indices (groups may overlap).
           seed: seed of the initialisation and of the data order.
+          progress: optional ``progress(done, total)``, called after each
+            compiled batch of groupings.
 
         Returns:
           :class:`GroupingScores`, rows in the order of ``groupings``.
@@ -279,6 +291,7 @@ class GroupingTrainer:
             "best_epoch": np.zeros(n, np.int64),
             "val_history": np.zeros((self.epochs, n)),
             "wall_seconds": np.zeros(n),
+            "compile_seconds": np.zeros(n),
         }
         root = jax.random.key(seed)
         k_init, k_data = jax.random.split(root)
@@ -287,22 +300,27 @@ class GroupingTrainer:
             100.0,
             np.asarray(self.data.target_std, np.float64),
         )
+        done = 0
         for size, members_idx in sorted(by_size.items()):
             init, epoch_fn, eval_fn = self._functions(size)
             for start in range(0, len(members_idx), self.chunk_size):
                 idx = members_idx[start : start + self.chunk_size]
-                started = time.time()
-                self._run_chunk(
-                    [groupings[p] for p in idx],
-                    np.asarray(idx),
-                    size,
-                    (init, epoch_fn, eval_fn),
-                    k_init,
-                    k_data,
-                    scale,
-                    out,
-                )
-                out["wall_seconds"][idx] = (time.time() - started) / len(idx)
+                with CompileClock() as clock:
+                    self._run_chunk(
+                        [groupings[p] for p in idx],
+                        np.asarray(idx),
+                        size,
+                        (init, epoch_fn, eval_fn),
+                        k_init,
+                        k_data,
+                        scale,
+                        out,
+                    )
+                out["wall_seconds"][idx] = clock.wall_seconds / len(idx)
+                out["compile_seconds"][idx] = clock.compile_seconds / len(idx)
+                done += len(idx)
+                if progress is not None:
+                    progress(done, n)
         return GroupingScores(
             steps=self.steps,
             num_groups=np.array([len(g) for g in groupings]),

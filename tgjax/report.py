@@ -486,18 +486,29 @@ def summarize_records(records: Sequence[Mapping]) -> list[dict]:
 
     Returns:
       One dict per method: ``method``, ``seeds`` and, for every numeric field
-      among ``val_total``, ``test_total``, ``wall_seconds``, ``steps`` and
-      ``oracle_percentile``, ``<field>_mean`` and ``<field>_std`` (sample
-      standard deviation; 0 for one seed); ``in_noise_band`` as the fraction
-      of seeds inside the oracle's noise band when recorded.
+      among ``val_total``, ``test_total``, ``wall_seconds``, ``run_seconds``
+      (wall time without compilation), ``compile_seconds``, ``steps`` (or
+      compare's ``train_steps``) and ``oracle_percentile``, ``<field>_mean``
+      and ``<field>_std`` (sample standard deviation; 0 for one seed);
+      ``in_noise_band`` as the fraction of seeds inside the oracle's noise
+      band when recorded.
     """
     by_method: dict[str, list[Mapping]] = {}
     for r in records:
+        if "steps" not in r and "train_steps" in r:
+            r = {**r, "steps": r["train_steps"]}
         by_method.setdefault(str(r["method"]), []).append(r)
     out = []
     for method, rs in by_method.items():
         row: dict[str, Any] = {"method": method, "seeds": len(rs)}
-        for key in ("val_total", "test_total", "wall_seconds", "steps"):
+        for key in (
+            "val_total",
+            "test_total",
+            "wall_seconds",
+            "run_seconds",
+            "compile_seconds",
+            "steps",
+        ):
             _mean_std(row, key, rs)
         _mean_std(row, "oracle_percentile", rs)
         _mean_std(row, "oracle_rank", rs)
@@ -568,7 +579,12 @@ def _compare_blocks(
     )
     blocks.append(Heading("Summary per method"))
     has_oracle = any("oracle_percentile_mean" in r for r in summary)
-    header = ["method", "seeds", "val total", "test total", "wall s", "steps"]
+    # Run seconds exclude compilation, which the first method needing a
+    # program pays; older folders only have wall seconds.
+    split = any("run_seconds_mean" in r for r in summary)
+    seconds = ["run_seconds", "compile_seconds"] if split else ["wall_seconds"]
+    seconds_head = ["run s", "compile s"] if split else ["wall s"]
+    header = ["method", "seeds", "val total", "test total", *seconds_head, "steps"]
     if has_oracle:
         header += ["oracle rank", "oracle percentile", "in noise band"]
     rows = []
@@ -578,7 +594,7 @@ def _compare_blocks(
             str(r["seeds"]),
             _pm(r, "val_total"),
             _pm(r, "test_total"),
-            _pm(r, "wall_seconds"),
+            *[_pm(r, key) for key in seconds],
             _pm(r, "steps"),
         ]
         if has_oracle:
@@ -597,7 +613,15 @@ def _compare_blocks(
         for t in _task_values(r):
             if t not in task_names:
                 task_names.append(t)
-    header = ["method", "seed", "val total", "test total", "wall s", "steps", "groups"]
+    header = [
+        "method",
+        "seed",
+        "val total",
+        "test total",
+        *seconds_head,
+        "steps",
+        "groups",
+    ]
     rows = []
     for r in records:
         values = _task_values(r)
@@ -608,13 +632,22 @@ def _compare_blocks(
                 fmt(r.get("seed")),
                 fmt(r.get("val_total")),
                 fmt(r.get("test_total")),
-                fmt(r.get("wall_seconds")),
-                fmt(r.get("steps")),
+                *[fmt(r.get(key)) for key in seconds],
+                fmt(r.get("steps", r.get("train_steps"))),
                 _groups_text(groups) if isinstance(groups, list) else fmt(groups),
                 *[fmt(values.get(t)) for t in task_names],
             ]
         )
     blocks.append(Table(header + [f"test {t}" for t in task_names], rows))
+    if split:
+        blocks.append(
+            Paragraph(
+                "run s is wall time without compilation; compile s is tracing "
+                "and XLA compilation, paid by whichever method first needs a "
+                "program of a given shape, so it depends on the order the "
+                "methods ran in. The figure plots run s and steps."
+            )
+        )
     extra = [
         name
         for name in ("results.md", "oracle.json")
@@ -691,11 +724,17 @@ def write_report(
     os.makedirs(fig_dir, exist_ok=True)
     if kind == "compare":
         summary = summarize_records(records)
+        # Costs that do not depend on the order methods ran in: run seconds
+        # without compilation, and steps; older folders only have wall time.
         costs = [
             c
-            for c in ("wall_seconds", "steps")
+            for c in ("run_seconds", "steps")
             if any(f"{c}_mean" in r for r in summary)
         ]
+        if "run_seconds" not in costs and any(
+            "wall_seconds_mean" in r for r in summary
+        ):
+            costs.insert(0, "wall_seconds")
         if not costs:
             raise ValueError(
                 f"{os.path.join(folder, 'results.json')}: no record has "
