@@ -322,11 +322,15 @@ def _after_chunk(
 
 
 class Prefetcher:
-    """Reads and places batches in a background thread, ``depth`` ahead.
+    """Reads batches in a background thread, ``depth`` ahead.
 
-    The host's reading and decoding (and the transfer to the devices) of the
-    next batches overlap the devices' current step. ``wait_seconds`` adds up
-    the time :meth:`get` waited for a batch that was not ready.
+    The host's reading and decoding of the next batches overlap the devices'
+    current step. The thread touches no JAX object: each batch is copied into
+    arrays of its own (decoding workers may hand over buffers they reuse) and
+    :meth:`get` places it on the devices from the calling thread, which
+    dispatches steps asynchronously, so the transfer of batch t + 1 overlaps
+    step t as well. ``wait_seconds`` adds up the time :meth:`get` waited for
+    a batch that was not ready.
     """
 
     _END = object()
@@ -334,10 +338,9 @@ class Prefetcher:
     def __init__(self, batches, place: Callable, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._place = place
         self.wait_seconds = 0.0
-        self._thread = threading.Thread(
-            target=self._run, args=(batches, place), daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(batches,), daemon=True)
         self._thread.start()
 
     def _put(self, item) -> bool:
@@ -349,10 +352,11 @@ class Prefetcher:
                 continue
         return False
 
-    def _run(self, batches, place) -> None:
+    def _run(self, batches) -> None:
         try:
             for batch in batches:
-                if not self._put(place(batch)):
+                owned = {k: np.array(v, copy=True) for k, v in batch.items()}
+                if not self._put(owned):
                     return
             self._put(self._END)
         except BaseException as e:  # noqa: BLE001 - raised again in get()
@@ -370,7 +374,7 @@ class Prefetcher:
             raise RuntimeError("The batch stream ended before the last step.")
         if isinstance(item, BaseException):
             raise item
-        return item
+        return self._place(item)
 
     def close(self) -> None:
         self._stop.set()
