@@ -355,7 +355,7 @@ class Prefetcher:
     def _run(self, batches) -> None:
         try:
             for batch in batches:
-                owned = {k: np.array(v, copy=True) for k, v in batch.items()}
+                owned = jax.tree.map(lambda v: np.array(v, copy=True), batch)
                 if not self._put(owned):
                     return
             self._put(self._END)
@@ -411,14 +411,15 @@ def make_stream_step(
 def place_local_rows(batch: dict, mesh: Mesh) -> dict:
     """This process's rows of a global batch as arrays sharded over ``data``.
 
+    ``batch`` is a (possibly nested) dict of `[rows, ...]` arrays.
+
     Every process passes its own ``[batch / processes, ...]`` rows; the
     global batch is their concatenation in process order.
     """
     rows = rows_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(rows, np.asarray(v))
-        for k, v in batch.items()
-    }
+    return jax.tree.map(
+        lambda v: jax.make_array_from_process_local_data(rows, np.asarray(v)), batch
+    )
 
 
 def stream_layout(num_examples: int, batch_size: int) -> dict:
