@@ -134,13 +134,17 @@ def check_fits(
     data, groups = mesh.shape["data"], mesh.shape["groups"]
     if num_groups % groups:
         divisors = [d for d in range(1, num_groups + 1) if num_groups % d == 0]
+        fits = (
+            "--mesh groups=1"
+            if len(divisors) == 1
+            else f"--mesh groups=G with G one of {divisors}"
+        )
         if baseline is not None:
             # K is fixed by the baseline; only the mesh can change.
             raise ValueError(
                 f"--baseline {baseline} runs K={num_groups} group(s), which the "
-                f"mesh's groups axis ({groups}) does not divide; use --mesh "
-                f"groups=<one of {divisors}> (e.g. --mesh groups=1), or drop "
-                "--baseline to search with --groups "
+                f"mesh's groups axis ({groups}) does not divide; use {fits}, or "
+                "drop --baseline to search with --groups "
                 f"{groups * -(-num_groups // groups)}."
             )
         raise ValueError(
