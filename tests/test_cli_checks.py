@@ -193,6 +193,9 @@ def test_numerical_fault_messages_name_the_resume_flag(tmp_path, capsys):
     assert "RUN_DIR" not in err and "--resume" not in err
     assert f"No checkpoint was written yet; rerun with --out {out} --overwrite" in err
     assert (out / "config.json").exists()
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["event"] == "error" and "Training stopped at step" in last["message"]
+    assert "RUN_DIR" not in last["message"] and "resume" not in last["message"]
 
 
 BINARY_TASKS = [tgjax.Task("a", "binary"), tgjax.Task("b", "binary")]

@@ -123,7 +123,7 @@ def test_parse_mesh_reads_sizes_and_rejects_bad_specs():
 
 
 def test_mesh_sizes_that_do_not_fit_are_clear_errors():
-    with pytest.raises(ValueError, match="needs 16 devices but 8"):
+    with pytest.raises(ValueError, match="needs 16 devices, but 8 are available"):
         make_mesh("data=8,groups=2")
     mesh = make_mesh("data=4,groups=2")
     with pytest.raises(ValueError, match="K=3 must be divisible .* groups axis"):

@@ -259,7 +259,8 @@ class Checkpoints:
         if not steps:
             raise FileNotFoundError(
                 f"No checkpoint in {self.directory}; the run was interrupted before "
-                "its first checkpoint. Start it again without resuming."
+                "its first checkpoint. Start it again without resuming (on the command "
+                "line: its flags with --out and --overwrite)."
             )
         skipped = []
         for step in reversed(steps):

@@ -358,7 +358,15 @@ def _load_data(args):
             "built-in data sets define their own. Drop --task-kinds or pass --data."
         )
     if args.data:
-        columns = args.task_columns.split(",") if args.task_columns else None
+        columns = None
+        if args.task_columns is not None:
+            columns = [c.strip() for c in args.task_columns.split(",") if c.strip()]
+            if not columns:
+                raise ValueError(
+                    f"--task-columns {args.task_columns!r} names no column; pass "
+                    "the task columns of the file, such as --task-columns a,b, or "
+                    "drop it to use the columns named task:*."
+                )
         kinds = _parse_task_kinds(args.task_kinds) if args.task_kinds else None
         try:
             data = datasets.load_file(args.data, tasks=columns, kinds=kinds)
@@ -421,6 +429,65 @@ def _parse_task_kinds(text: str) -> dict[str, str]:
             f"--task-kinds {text!r} names no task; pass NAME=KIND,... or drop it."
         )
     return kinds
+
+
+def _absolute(path):
+    """``path`` made absolute, so that --resume works from any folder."""
+    return os.path.abspath(path) if path else path
+
+
+def data_fingerprint(data) -> dict:
+    """What identifies a run's data: example counts and a hash of the splits.
+
+    In-memory data hashes the bytes of every split's inputs and labels;
+    streamed data hashes the labels only, so that no record is decoded.
+    """
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    parts = "labels"
+    for split in ("train", "val", "test"):
+        s = getattr(data, split)
+        arrays = [np.asarray(s.y, np.float32)]
+        if getattr(s, "x", None) is not None:
+            arrays.insert(0, np.asarray(s.x))
+            parts = "inputs and labels"
+        for a in arrays:
+            a = np.ascontiguousarray(a)
+            digest.update(repr((split, a.dtype.str, a.shape)).encode())
+            digest.update(memoryview(a).cast("B"))
+    return {
+        "examples": {s: len(getattr(data, s)) for s in ("train", "val", "test")},
+        "hash": f"sha256 of the {parts}: {digest.hexdigest()}",
+    }
+
+
+def _check_same_data(out: str, settings: dict, data) -> None:
+    """Refuses to resume on data other than the run's (skipped for old runs)."""
+    saved = settings.get("data", {}).get("fingerprint")
+    if not saved:
+        return
+    now = data_fingerprint(data)
+    changes = [
+        f"the {split} split holds {now['examples'][split]} examples, not "
+        f"{n} as when the run started"
+        for split, n in saved.get("examples", {}).items()
+        if now["examples"].get(split) != n
+    ]
+    if not changes and now["hash"] != saved.get("hash"):
+        changes.append(
+            "the splits hold the same numbers of examples, but different values"
+        )
+    if changes:
+        source = settings["data"].get("source", "builtin")
+        what = "the data set" if source == "builtin" else f"the data file {source}"
+        raise ValueError(
+            f"--resume {out}: {what} changed since the run started: "
+            f"{'; '.join(changes)}. Restore the data the run was started on, or "
+            "start a new run (another --out, or --overwrite)."
+        )
 
 
 def _print_tasks(data) -> None:
@@ -553,11 +620,26 @@ def _resume_settings(args):
             f"--resume takes its settings from {args.resume}/config.json; drop "
             f"{flags} (only --mesh and --workers may change)."
         )
+    if not os.path.isdir(args.resume):
+        what = "is a file" if os.path.exists(args.resume) else "does not exist"
+        raise FileNotFoundError(
+            f"--resume {args.resume}: the folder {what}; pass the folder of a run "
+            "started by 'tgjax train'."
+        )
     path = os.path.join(args.resume, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"--resume {args.resume}: no config.json there; pass the folder of a "
             "run started by 'tgjax train'."
+        )
+    checkpoints = os.path.join(args.resume, "checkpoints")
+    if not os.path.isdir(checkpoints) or not any(
+        n.isdigit() for n in os.listdir(checkpoints)
+    ):
+        raise ValueError(
+            f"--resume {args.resume}: the run folder holds no checkpoint (the run "
+            "stopped before its first one), so there is nothing to resume. Start "
+            f"it again with its flags and --out {args.resume} --overwrite."
         )
     settings = read_json(path)
     values = dict(settings["run"])
@@ -591,11 +673,16 @@ def cmd_train(args) -> int:
     lead = jax.process_index() == 0
 
     # Validate everything before the run folder is touched.
+    if args.tensorboard and lead:
+        from tgjax.tblog import require_tensorboardx
+
+        require_tensorboardx()
     if args.resume:
         config, settings = _resume_settings(args)
         args._stream = config.stream
         data = _load_data(args)
         check_fit_inputs(data, config)
+        _check_same_data(args.resume, settings, data)
         out = args.resume
     else:
         config = _config_from_args(args)
@@ -606,35 +693,38 @@ def cmd_train(args) -> int:
                 print(f"tgjax: note: {note}", file=sys.stderr)
         if lead and not args.quiet:
             _print_tasks(data)
-        out = _prepare_out(args, data, config) if lead else args.out
         settings = {
             "data": {
                 "name": data.name,
-                "source": args.data or "builtin",
-                "flags": {f: getattr(args, f) for f in _DATA_FLAGS},
+                "source": _absolute(args.data) or "builtin",
+                "flags": {
+                    f: _absolute(getattr(args, f))
+                    if f in ("data", "data_dir")
+                    else getattr(args, f)
+                    for f in _DATA_FLAGS
+                },
                 "tasks": [t.to_dict() for t in data.tasks],
+                "task_notes": {
+                    t.name: data.task_notes[t.name]
+                    for t in data.tasks
+                    if t.name in data.task_notes
+                },
                 "examples": {
                     "train": len(data.train),
                     "val": len(data.val),
                     "test": len(data.test),
                 },
+                "fingerprint": data_fingerprint(data),
             },
             "run": config.to_dict(),
             # K as run: 1 for --baseline mtl, N for stl, else "groups".
             "effective_groups": num_groups(config, len(data.tasks)),
             "tgjax_version": tgjax.__version__,
         }
-        if lead:
-            write_json(os.path.join(out, "config.json"), settings)
-    _sync("run folder ready")
-    if out is None:
-        raise ValueError("A multi-process run needs --out, the same in every process.")
-    metrics_path = os.path.join(out, "metrics.jsonl")
-    log = ResumableLog(metrics_path) if lead else _NullLog()
-    checkpoints = Checkpoints(
-        os.path.join(out, "checkpoints"), keep=config.keep_checkpoints
-    )
-    steps_per_epoch = search_steps_per_epoch(len(data.train), config)
+        out = _prepare_out(args, data, config) if lead else args.out
+    metrics_path = os.path.join(out or "", "metrics.jsonl")
+    log = _NullLog()
+    checkpoints = None
     boards = []
 
     def observer(log, name):
@@ -650,21 +740,37 @@ def cmd_train(args) -> int:
         boards.append(board)
         return _Fanout(progress, board)
 
-    progress = observer(log, config.baseline or "dmtg")
-
-    def callback(event, payload):
-        if event == "resume" and lead:
-            for step, reason in payload["skipped"]:
-                print(
-                    f"tgjax: checkpoint {step} is damaged and was skipped ({reason})",
-                    file=sys.stderr,
-                )
-            log.rewind(payload["step"], steps_per_epoch)
-            print(f"tgjax: resuming at step {payload['step']}", file=sys.stderr)
-        progress(event, payload)
-
     started = time.time()
     try:
+        # From here on a fresh run that fails before its first checkpoint
+        # removes what it wrote, so that the same command can run again.
+        if lead and not args.resume:
+            write_json(os.path.join(out, "config.json"), settings)
+        _sync("run folder ready")
+        if out is None:
+            raise ValueError(
+                "A multi-process run needs --out, the same in every process."
+            )
+        if lead:
+            log = ResumableLog(metrics_path)
+        checkpoints = Checkpoints(
+            os.path.join(out, "checkpoints"), keep=config.keep_checkpoints
+        )
+        steps_per_epoch = search_steps_per_epoch(len(data.train), config)
+        progress = observer(log, config.baseline or "dmtg")
+
+        def callback(event, payload):
+            if event == "resume" and lead:
+                for step, reason in payload["skipped"]:
+                    print(
+                        f"tgjax: checkpoint {step} is damaged and was skipped "
+                        f"({reason})",
+                        file=sys.stderr,
+                    )
+                log.rewind(payload["step"], steps_per_epoch)
+                print(f"tgjax: resuming at step {payload['step']}", file=sys.stderr)
+            progress(event, payload)
+
         result = tgjax.fit(
             data,
             config,
@@ -687,8 +793,14 @@ def cmd_train(args) -> int:
                 }
     except NumericalError as e:
         # Keep what was learnt: the log so far plus the reason it stopped.
-        log.write({"event": "error", "kind": "numerical", "message": str(e)})
         saved = _saved_steps(checkpoints)
+        message = str(e).replace(
+            RESUME_HINT,
+            f", or continue from the last checkpoint with 'tgjax train --resume {out}'"
+            if saved
+            else "",
+        )
+        log.write({"event": "error", "kind": "numerical", "message": message})
         _close_all(log, checkpoints, boards)
         after = (
             f" 'tgjax train --resume {out}' continues from its newest checkpoint "
@@ -696,12 +808,6 @@ def cmd_train(args) -> int:
             if saved
             else f" No checkpoint was written yet; rerun with --out {out} "
             "--overwrite to start again."
-        )
-        message = str(e).replace(
-            RESUME_HINT,
-            f", or continue from the last checkpoint with 'tgjax train --resume {out}'"
-            if saved
-            else "",
         )
         raise NumericalError(
             f"{message} The settings and the metrics up to "
@@ -737,7 +843,7 @@ def cmd_train(args) -> int:
     except Exception:
         saved = _saved_steps(checkpoints)
         _close_all(log, checkpoints, boards)
-        if lead and not args.resume:
+        if lead and not args.resume and out is not None:
             if saved:
                 print(
                     f"tgjax: the run stopped; its folder {out} keeps checkpoints up "
@@ -814,6 +920,8 @@ _RUN_START_FILES = ("config.json", "metrics.jsonl", "checkpoints", "tensorboard"
 
 def _saved_steps(checkpoints) -> list[int]:
     """Steps of the run's complete checkpoints; empty when none can be read."""
+    if checkpoints is None:
+        return []
     try:
         return checkpoints.steps()
     except Exception:  # noqa: BLE001 - an unreadable folder holds no checkpoint
@@ -823,6 +931,8 @@ def _saved_steps(checkpoints) -> list[int]:
 def _close_all(log, checkpoints, boards) -> None:
     """Closes the run's writers; safe to call more than once."""
     for closer in (log, checkpoints, *boards):
+        if closer is None:
+            continue
         try:
             closer.close()
         except Exception:  # noqa: BLE001 - the original error matters more
@@ -912,7 +1022,11 @@ def cmd_datasets(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Show the usage of the command the flag was given to, not tgjax's.
+        command = _subparser(parser, args.command) or parser
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
@@ -941,6 +1055,14 @@ def main(argv=None) -> int:
             raise
         _internal_error(e)
         return 1
+
+
+def _subparser(parser, command):
+    """The parser of ``command``, or None."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(command)
+    return None
 
 
 def _internal_error(e: BaseException) -> None:

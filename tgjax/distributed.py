@@ -108,9 +108,9 @@ def make_mesh(
     need = data * groups
     if need > len(devices):
         raise ValueError(
-            f"mesh data={data},groups={groups} needs {need} devices but "
-            f"{len(devices)} are available; choose sizes whose product is at most "
-            f"{len(devices)}."
+            f"mesh data={data},groups={groups} needs {need} devices, but "
+            f"{len(devices)} {'is' if len(devices) == 1 else 'are'} available; "
+            f"choose sizes whose product is at most {len(devices)}."
         )
     if jax.process_count() > 1 and need != len(devices):
         raise ValueError(
@@ -122,7 +122,9 @@ def make_mesh(
     return Mesh(grid.reshape(data, groups), AXES)
 
 
-def check_fits(mesh: Mesh, *, num_groups: int, batch_size: int) -> None:
+def check_fits(
+    mesh: Mesh, *, num_groups: int, batch_size: int, baseline: str | None = None
+) -> None:
     """Checks that K and the batch split evenly over the mesh.
 
     Raises:
@@ -131,6 +133,20 @@ def check_fits(mesh: Mesh, *, num_groups: int, batch_size: int) -> None:
     """
     data, groups = mesh.shape["data"], mesh.shape["groups"]
     if num_groups % groups:
+        divisors = [d for d in range(1, num_groups + 1) if num_groups % d == 0]
+        fits = (
+            "--mesh groups=1"
+            if len(divisors) == 1
+            else f"--mesh groups=G with G one of {divisors}"
+        )
+        if baseline is not None:
+            # K is fixed by the baseline; only the mesh can change.
+            raise ValueError(
+                f"--baseline {baseline} runs K={num_groups} group(s), which the "
+                f"mesh's groups axis ({groups}) does not divide; use {fits}, or "
+                "drop --baseline to search with --groups "
+                f"{groups * -(-num_groups // groups)}."
+            )
         raise ValueError(
             f"The number of groups K={num_groups} must be divisible by the mesh's "
             f"groups axis ({groups}); use --groups {groups * -(-num_groups // groups)}"

@@ -394,7 +394,9 @@ def fit(
     else:
         x_example = np.asarray(data.train.x[:2])
     mesh = make_mesh(config.mesh)
-    check_fits(mesh, num_groups=k, batch_size=config.batch_size)
+    check_fits(
+        mesh, num_groups=k, batch_size=config.batch_size, baseline=config.baseline
+    )
 
     def init():
         return init_state(

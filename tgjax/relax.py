@@ -310,7 +310,9 @@ def assignment_entropy(logits: Array) -> Array:
     logp = jax.nn.log_softmax(x, axis=-1)
     p = jnp.exp(logp)
     safe_logp = jnp.where(p > 0, logp, 0.0)
-    return -jnp.sum(p * safe_logp, axis=-1)
+    h = -jnp.sum(p * safe_logp, axis=-1)
+    # One-hot rows give -0.0 (-1 * log 1); report them as 0.
+    return jnp.where(h == 0, 0.0, h)
 
 
 TAU_SCHEDULES = ("constant", "exponential", "cosine")

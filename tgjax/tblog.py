@@ -29,8 +29,17 @@ import numpy as np
 
 INSTALL_HINT = (
     "TensorBoard logging needs the tensorboardX package; install it with "
-    "pip install 'tgjax[tensorboard]' or drop --tensorboard."
+    "pip install 'tgjax[tensorboard]' (in a source checkout: pip install "
+    "'.[tensorboard]') or drop --tensorboard."
 )
+
+
+def require_tensorboardx() -> None:
+    """Raises the install hint when tensorboardX is missing; writes nothing."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        raise ImportError(INSTALL_HINT) from None
 
 
 def assignment_entropy(probabilities: np.ndarray) -> float:
@@ -48,7 +57,8 @@ def assignment_entropy(probabilities: np.ndarray) -> float:
     """
     p = np.asarray(probabilities, dtype=np.float64)
     terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
-    return float(terms.sum(axis=-1).mean())
+    # + 0.0 turns the -0.0 of one-hot rows (-1 * log 1) into 0.0.
+    return float(terms.sum(axis=-1).mean()) + 0.0
 
 
 def assignment_image(

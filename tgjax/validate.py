@@ -412,9 +412,16 @@ def check_run_folder(out: str, overwrite: bool) -> bool:
             "empty folder for --out."
         )
     if not overwrite:
+        ckpts = os.path.join(out, "checkpoints")
+        resumable = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
+        why = (
+            f" ('tgjax train --resume {out}' continues it)"
+            if resumable
+            else " that stopped before its first checkpoint, so it cannot be resumed"
+        )
         raise ValueError(
-            f"The run folder {out} already holds another run ({', '.join(names)}); "
-            "pass --overwrite to replace it or choose another --out."
+            f"The run folder {out} already holds another run ({', '.join(names)})"
+            f"{why}; pass --overwrite to replace it or choose another --out."
         )
     return True
 

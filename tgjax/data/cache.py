@@ -51,14 +51,16 @@ def data_dir(
         path = Path(os.environ[DATA_ENV]) / subfolder
     else:
         raise FileNotFoundError(
-            f"No location given for the {dataset} data: pass data_dir=... or set "
+            f"No location given for the {dataset} data: pass --data-dir "
+            "(data_dir= in Python) or set "
             f"{DATA_ENV} so that {DATA_ENV}/{subfolder} holds it. tgjax never "
             "downloads data."
         )
     if not path.is_dir():
         raise FileNotFoundError(
-            f"The {dataset} folder {str(path)!r} does not exist; point data_dir "
-            f"(or {DATA_ENV}/{subfolder}) at the folder that holds the data set."
+            f"The {dataset} folder {str(path)!r} does not exist; point --data-dir "
+            f"(data_dir= in Python) or {DATA_ENV}/{subfolder} at the folder that "
+            "holds the data set."
         )
     return path
 

@@ -117,12 +117,16 @@ def infer_labels(
                 (f"{name}: binary, {how} ({note})"),
             )
         if not whole or present.max() > 1:
+            found = (
+                f"has label {int(present.max())}"
+                if whole
+                else "has labels that are not whole numbers"
+            )
             raise ValueError(
-                f"Task {name!r} is binary but has "
-                + (f"label {int(present.max())} " if whole else "")
-                + f"(labels {_some(values)}); labels "
-                "must be 0 or 1, or two whole numbers (mapped to 0/1 in sorted "
-                "order); declare it multiclass for more classes."
+                f"Task {name!r} is binary but {found} (labels {_some(values)}); "
+                "labels must be 0 or 1, or two whole numbers (mapped to 0/1 in "
+                "sorted order); declare it multiclass for more classes, or "
+                "regression for continuous values."
             )
         return Task(name, "binary"), labels, f"{name}: binary, {how} (labels 0/1)"
     if not whole:
@@ -215,7 +219,8 @@ def read_csv(
         task_cols = prefixed
         if not task_cols:
             raise ValueError(
-                f"{path}: no task columns; pass tasks=[column names] or name task "
+                f"{path}: no task columns; name them with --task-columns A,B,... "
+                "(tasks=[column names] in Python) or name task "
                 f"columns '{TASK_PREFIX}<name>'. Columns: {header}."
             )
     else:

