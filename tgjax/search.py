@@ -487,8 +487,9 @@ def run_search_stream(
 
     Each process reads its own shard of ``split`` (see :func:`stream_layout`)
     in the per-epoch order of :func:`tgjax.data.stream.epoch_order`; a
-    background thread reads, decodes and places the next two batches on the
-    mesh while the devices run the current step. Step ``t`` reads the same
+    background thread reads and decodes the next two batches while the
+    devices run the current step, and each batch is placed on the mesh just
+    before its step is dispatched. Step ``t`` reads the same
     examples whether the run started at 0 or resumed from a checkpoint, so a
     resumed run ends bit for bit as an uninterrupted one (with the same
     number of processes and batch size, which the checkpoint records).
