@@ -11,6 +11,11 @@ fine-tune with :func:`tgjax.dense.fit_dense` and prints the test metrics:
 
 ``--buildings '{"train": ["hanson"], "val": ["ihlen"], "test": ["uvalda"]}'``
 uses other buildings; ``--out results.json`` saves groups and metrics.
+
+The splits stream by default: images are decoded batch by batch while
+training (``--workers N`` decodes in N processes), so the data never has to
+fit in memory. ``--in-memory`` decodes every record first and trains on the
+stacked arrays instead.
 """
 
 from __future__ import annotations
@@ -35,11 +40,7 @@ def load_split(split, args, buildings):
         tasks=args.tasks,
         image_size=args.image_size,
     )
-    n = len(source)
-    if args.max_per_split and n > args.max_per_split:
-        picks = np.linspace(0, n - 1, args.max_per_split).round().astype(int)
-    else:
-        picks = np.arange(n)
+    picks = tk.evenly_spaced(len(source), args.max_per_split)
     return [ops[0].map(source[int(i)]) for i in picks]
 
 
@@ -64,16 +65,39 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=16, help="encoder base width")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write groups and metrics to this JSON file")
+    p.add_argument(
+        "--in-memory",
+        dest="stream",
+        action="store_false",
+        help="decode every record before training instead of streaming",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="decoding processes when streaming"
+    )
     args = p.parse_args(argv)
     buildings = args.buildings
     if buildings != "tiny":
         buildings = json.loads(buildings)
 
     start = time.perf_counter()
-    splits = {s: load_split(s, args, buildings) for s in ("train", "val", "test")}
+    if args.stream:
+        splits = tk.taskonomy_stream(
+            args.data_dir,
+            buildings=buildings,
+            tasks=args.tasks,
+            image_size=args.image_size,
+            max_per_split=args.max_per_split,
+        )
+        how = "streamed"
+    else:
+        splits = {s: load_split(s, args, buildings) for s in ("train", "val", "test")}
+        how = "in memory"
     load_s = time.perf_counter() - start
     sizes = {s: len(r) for s, r in splits.items()}
-    print(f"records {sizes} at {args.image_size}x{args.image_size} ({load_s:.1f} s)")
+    print(
+        f"records {sizes} at {args.image_size}x{args.image_size}, {how} "
+        f"({load_s:.1f} s)"
+    )
     w = args.width
     config = DenseConfig(
         tasks=tuple(args.tasks),
@@ -101,7 +125,12 @@ def main(argv=None) -> int:
             print(f"groups: {payload['groups']}", flush=True)
 
     result = fit_dense(
-        splits["train"], splits["val"], splits["test"], config, callback=show
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        config,
+        callback=show,
+        workers=args.workers,
     )
     print(f"test metrics (fine-tuning epoch kept: {result.finetune_selected_epoch}):")
     for name, m in result.test["tasks"].items():

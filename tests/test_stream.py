@@ -19,6 +19,7 @@ from tgjax.checkpoint import Checkpoints
 from tgjax.config import RunConfig
 from tgjax.data import load_dataset, load_stream, stream_from_memory
 from tgjax.data.stream import (
+    StreamSplit,
     epoch_order,
     eval_batches,
     shard_range,
@@ -88,6 +89,23 @@ def test_shards_split_the_records_and_eval_keeps_the_last_batch():
     assert all(0 <= k < 5 for k in seen[0]) and all(5 <= k < 10 for k in seen[1])
     sizes = [len(b["index"]) for b in eval_batches(split, batch_size=4)]
     assert sizes == [4, 4, 3]
+
+
+def test_label_fields_stack_nested_labels_of_the_decoded_records():
+    class Source:
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"x": np.full(2, i), "m": {"a": np.full((2, 2), i), "b": i > 0}}
+
+    split = StreamSplit(Source(), label_fields=("m",))
+    batch = split.read([2, 0])
+    np.testing.assert_array_equal(batch["x"], [[2, 2], [0, 0]])
+    np.testing.assert_array_equal(batch["y"]["m"]["a"][:, 0, 0], [2, 0])
+    np.testing.assert_array_equal(batch["y"]["m"]["b"], [True, False])
+    with pytest.raises(ValueError, match="not both"):
+        StreamSplit(Source(), labels=np.zeros((3, 1)), label_fields=("m",))
 
 
 @pytest.mark.parametrize("mesh", ["data=1", "data=4,groups=2"])

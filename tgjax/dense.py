@@ -61,6 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tgjax.data.stream import (
+    FINETUNE_EPOCH_OFFSET,
+    StreamSplit,
+    eval_batches,
+    step_batches,
+)
 from tgjax.data.taskonomy import TASK_CHANNELS, TASKONOMY_TASKS
 from tgjax.model import GroupedModel, prune
 from tgjax.relax import read_groups
@@ -460,11 +466,50 @@ def evaluate_dense(
       See :func:`metrics_from_sums`.
     """
     tasks = check_dense_tasks(tasks)
+
+    def batches():
+        for start in range(0, len(x), batch_size):
+            xb = x[start : start + batch_size]
+            yb = jax.tree.map(lambda a, s=start: a[s : s + batch_size], y)
+            yield xb, yb
+
+    return _metrics_over(outputs_fn, batches(), tasks)
+
+
+def evaluate_dense_stream(
+    outputs_fn: Callable[[Array], Array],
+    split: StreamSplit,
+    tasks: Sequence[DenseTask],
+    batch_size: int = 32,
+    *,
+    workers: int = 0,
+) -> dict:
+    """:func:`evaluate_dense` on a streamed split (see :func:`fit_dense`).
+
+    Reads the split in record order with :func:`tgjax.data.stream.eval_batches`
+    (the last, smaller batch included) and adds up :func:`metric_sums` over
+    the batches, so the metrics equal :func:`evaluate_dense`'s on the same
+    records, whatever the batch size.
+    """
+    from tgjax.search import Prefetcher
+
+    tasks = check_dense_tasks(tasks)
+    steps = -(-len(split) // batch_size)
+    feed = Prefetcher(
+        eval_batches(split, batch_size=batch_size, workers=workers),
+        lambda b: (b["x"], b["y"]),
+    )
+    try:
+        return _metrics_over(outputs_fn, (feed.get() for _ in range(steps)), tasks)
+    finally:
+        feed.close()
+
+
+def _metrics_over(outputs_fn, batches, tasks) -> dict:
+    """Metrics from :func:`metric_sums` added up over ``(x, y)`` batches."""
     sums_fn = _metric_sums_jit(tasks)
     acc: dict = {}
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        yb = jax.tree.map(lambda a, s=start: a[s : s + batch_size], y)
+    for xb, yb in batches:
         sums = jax.device_get(sums_fn(outputs_fn(xb), yb))
         for name, stats in sums.items():
             a = acc.setdefault(name, {"examples": 0.0})
@@ -826,6 +871,7 @@ def fit_dense(
     config: DenseConfig | None = None,
     *,
     callback: Callable[[str, dict], None] | None = None,
+    workers: int = 0,
 ) -> DenseFitResult:
     """DMTG on dense Taskonomy-shaped records held in memory.
 
@@ -842,11 +888,22 @@ def fit_dense(
     Args:
       train_records, val_records, test_records: decoded records (see
         :mod:`tgjax.data.taskonomy`) or stacked dicts (see
-        :func:`stack_records`).
+        :func:`stack_records`), all held in memory; or three
+        :class:`tgjax.data.stream.StreamSplit` that read their labels from
+        the decoded records (``label_fields=("targets", "masks")``, as
+        :func:`tgjax.data.taskonomy.taskonomy_stream` builds them). Streamed
+        splits are decoded batch by batch while training: the search and
+        fine-tuning run one compiled step per batch of
+        :func:`tgjax.data.stream.step_batches` (each training record once
+        an epoch, an order fixed by the seed and the epoch), and validation
+        and test metrics add up :func:`metric_sums` over
+        :func:`tgjax.data.stream.eval_batches` (:func:`evaluate_dense_stream`).
       config: settings; ``DenseConfig()`` by default.
       callback: optional ``callback(event, payload)``, events ``"epoch"``
         (phase, epoch, train_loss, val_total_loss), ``"groups"`` and
         ``"done"``.
+      workers: decoding processes for streamed splits (0: a thread of this
+        process).
 
     Returns:
       A :class:`DenseFitResult`.
@@ -861,21 +918,50 @@ def fit_dense(
     config = DenseConfig() if config is None else config
     tasks = taskonomy_tasks(config.tasks, normal_loss=config.normal_loss)
     names = [t.name for t in tasks]
-    x_tr, y_tr = stack_records(train_records, names)
-    x_va, y_va = stack_records(val_records, names)
-    x_te, y_te = stack_records(test_records, names)
+    given = dict(zip(_SPLITS, (train_records, val_records, test_records), strict=True))
+    streamed = isinstance(train_records, StreamSplit)
+    if any(isinstance(s, StreamSplit) != streamed for s in given.values()):
+        raise TypeError(
+            "Pass the train, val and test splits all as StreamSplits or all as "
+            "records in memory, not a mix."
+        )
+    if streamed:
+        data = given
+        for split, s in data.items():
+            if not s.label_fields or len(s) == 0:
+                raise ValueError(
+                    f"The streamed {split} split must hold records and read its "
+                    "labels from them (label_fields=('targets', 'masks'); see "
+                    "tgjax.data.taskonomy.taskonomy_stream)."
+                )
+        first = train_records.read(range(min(2, len(train_records))))
+        missing = [t for t in names if t not in first["y"]["targets"]]
+        if missing:
+            raise ValueError(f"The records have no targets for tasks {missing}.")
+        x_init = first["x"]
+        shapes = {
+            split: first["x"].shape[1:]
+            if split == "train"
+            else s.read([0])["x"].shape[1:]
+            for split, s in data.items()
+        }
+    else:
+        data = {split: stack_records(r, names) for split, r in given.items()}
+        shapes = {split: xy[0].shape[1:] for split, xy in data.items()}
+        x_init = data["train"][0][:2]
+    n_train = len(data["train"]) if streamed else len(data["train"][0])
     f = config.downsampling
-    for split, x in (("train", x_tr), ("val", x_va), ("test", x_te)):
-        if x.ndim != 4 or x.shape[1] % f or x.shape[2] % f:
+    for split, shape in shapes.items():
+        if len(shape) != 3 or shape[0] % f or shape[1] % f:
             raise ValueError(
-                f"The {split} images have shape {x.shape[1:]}; height and width "
+                f"The {split} images have shape {shape}; height and width "
                 f"must be multiples of {f} (2 ** len(encoder_widths)). Decode "
                 "them at such a size (image_size)."
             )
-    if config.batch_size > len(x_tr):
+    if config.batch_size > n_train:
         raise ValueError(
             f"batch_size {config.batch_size} is larger than the training split "
-            f"({len(x_tr)} examples)."
+            f"({n_train} examples)."
         )
     n = len(tasks)
     stl = config.baseline == "stl"
@@ -897,7 +983,7 @@ def fit_dense(
             model,
             optimizer,
             k,
-            x_tr[:2],
+            x_init,
             assignment=identity,
             assignment_noise=config.assignment_noise,
         )
@@ -911,7 +997,7 @@ def fit_dense(
         jit=False,
     ).core
     tau = jnp.float32(config.tau)
-    steps_per_epoch = len(x_tr) // config.batch_size
+    steps_per_epoch = n_train // config.batch_size
 
     @jax.jit
     def search_epoch(st, x, y, key):
@@ -922,6 +1008,27 @@ def fit_dense(
         return st, {"loss": m["loss"], "finite": m["finite"]}
 
     @jax.jit
+    def search_step(st, batch):
+        st, m = step(st, batch, tau)
+        return st, {"loss": m["loss"], "finite": m["finite"]}
+
+    def run_epoch(epoch_fn, step_fn, carry, epoch, key, epoch0):
+        """One epoch: a compiled scan in memory, or one step per batch."""
+        if not streamed:
+            return epoch_fn(carry, x_dev, y_dev, jax.random.fold_in(key, epoch))
+        return _stream_epoch(
+            step_fn, carry, data["train"], config, epoch, epoch0, workers
+        )
+
+    def evaluate(outputs_fn, split):
+        if streamed:
+            return evaluate_dense_stream(
+                outputs_fn, data[split], tasks, config.eval_batch_size, workers=workers
+            )
+        x, y = data[split]
+        return evaluate_dense(outputs_fn, x, y, tasks, config.eval_batch_size)
+
+    @jax.jit
     def search_outputs(params, mstate, x, groups):
         return hard_outputs(model, params, mstate, x, groups)
 
@@ -929,21 +1036,20 @@ def fit_dense(
         if callback is not None:
             callback(event, payload)
 
-    x_dev, y_dev = jnp.asarray(x_tr), jax.tree.map(jnp.asarray, y_tr)
+    if not streamed:
+        x_dev = jnp.asarray(data["train"][0])
+        y_dev = jax.tree.map(jnp.asarray, data["train"][1])
     history: list[dict] = []
     for epoch in range(config.epochs):
-        state, m = search_epoch(state, x_dev, y_dev, jax.random.fold_in(k_data, epoch))
+        state, m = run_epoch(search_epoch, search_step, state, epoch, k_data, 0)
         m = jax.device_get(m)
         _check_finite(m["finite"], epoch, steps_per_epoch, "search")
         groups_now = jnp.asarray(read_groups(state.assignment))
-        val = evaluate_dense(
+        val = evaluate(
             lambda xb, s=state, g=groups_now: search_outputs(
                 s.params, s.model_state, xb, g
             ),
-            x_va,
-            y_va,
-            tasks,
-            config.eval_batch_size,
+            "val",
         )
         record = {
             "phase": "search",
@@ -976,24 +1082,25 @@ def fit_dense(
     def pruned_outputs(p, s, x):
         return model.apply_pruned(p, s, x, task_branch)[0]
 
-    def evaluate_pruned(p, s, x, y):
-        return evaluate_dense(
-            lambda xb: pruned_outputs(p, s, xb), x, y, tasks, config.eval_batch_size
-        )
+    def evaluate_pruned(p, s, split):
+        return evaluate(lambda xb: pruned_outputs(p, s, xb), split)
 
     best = (params, mstate)
-    best_val = evaluate_pruned(params, mstate, x_va, y_va)
+    best_val = evaluate_pruned(params, mstate, "val")
     best_epoch = -1
     if config.finetune_epochs:
         ft_opt = _finetune_optimizer(config.learning_rate, freeze_backbone=True)
-        ft_epoch = _make_finetune_epoch(model, loss_fn, ft_opt, task_branch, config)
+        ft_step = _make_finetune_step(model, loss_fn, ft_opt, task_branch)
+        ft_epoch = _make_finetune_epoch(ft_step, config)
         carry = (params, mstate, ft_opt.init(params))
         for epoch in range(config.finetune_epochs):
-            carry, m = ft_epoch(carry, x_dev, y_dev, jax.random.fold_in(k_ft, epoch))
+            carry, m = run_epoch(
+                ft_epoch, jax.jit(ft_step), carry, epoch, k_ft, FINETUNE_EPOCH_OFFSET
+            )
             m = jax.device_get(m)
             _check_finite(m["finite"], epoch, steps_per_epoch, "fine-tuning")
             p, s = carry[0], carry[1]
-            val = evaluate_pruned(p, s, x_va, y_va)
+            val = evaluate_pruned(p, s, "val")
             if val["total_loss"] < best_val["total_loss"]:
                 best, best_val, best_epoch = (p, s), val, epoch
             record = {
@@ -1005,7 +1112,7 @@ def fit_dense(
             history.append(record)
             emit("epoch", record)
     params, mstate = best
-    test = evaluate_pruned(params, mstate, x_te, y_te)
+    test = evaluate_pruned(params, mstate, "test")
     emit("done", {"test": test, "finetune_selected_epoch": best_epoch})
     return DenseFitResult(
         tasks=names,
@@ -1024,6 +1131,9 @@ def fit_dense(
         finetune_selected_epoch=best_epoch,
         seconds=time.perf_counter() - start_time,
     )
+
+
+_SPLITS = ("train", "val", "test")
 
 
 def _check_finite(finite, epoch: int, steps_per_epoch: int, phase: str) -> None:
@@ -1055,8 +1165,38 @@ def _finetune_optimizer(learning_rate, *, freeze_backbone: bool):
     )
 
 
-def _make_finetune_epoch(model, loss_fn, optimizer, task_branch, config):
-    """A compiled fine-tuning epoch of the pruned network."""
+def _stream_epoch(step, carry, split, config, epoch, epoch0, workers):
+    """One epoch of ``step(carry, batch)`` over streamed batches.
+
+    The batches of the epoch come from :func:`step_batches` (an order that
+    depends on the seed and ``epoch0 + epoch`` only) through a
+    :class:`tgjax.search.Prefetcher`, so decoding overlaps the steps.
+    """
+    from tgjax.search import Prefetcher
+
+    steps = len(split) // config.batch_size
+    batches = step_batches(
+        split,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        start=epoch * steps,
+        stop=(epoch + 1) * steps,
+        epoch0=epoch0,
+        workers=workers,
+    )
+    feed = Prefetcher(batches, lambda b: jax.device_put({"x": b["x"], "y": b["y"]}))
+    metrics = []
+    try:
+        for _ in range(steps):
+            carry, m = step(carry, feed.get())
+            metrics.append(m)
+    finally:
+        feed.close()
+    return carry, jax.tree.map(lambda *v: jnp.stack(v), *metrics)
+
+
+def _make_finetune_step(model, loss_fn, optimizer, task_branch):
+    """One fine-tuning step of the pruned network (not compiled)."""
     task_branch = np.asarray(task_branch)
 
     def step(carry, batch):
@@ -1076,6 +1216,12 @@ def _make_finetune_epoch(model, loss_fn, optimizer, task_branch, config):
             jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
         )
         return (params, new_state, opt_state), {"loss": loss, "finite": finite}
+
+    return step
+
+
+def _make_finetune_epoch(step, config):
+    """A compiled fine-tuning epoch of ``step`` over in-memory arrays."""
 
     @jax.jit
     def epoch(carry, x, y, key):

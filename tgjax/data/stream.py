@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain.python as grain
+import jax
 import numpy as np
 from absl import flags
 
@@ -42,17 +43,29 @@ class StreamSplit:
       operations: grain transforms (or callables) that turn one record into
         ``{"x": float32 input, ...}``; they run in the loader's workers.
       labels: `[examples, tasks]` float32 labels, NaN where missing.
+      label_fields: names of fields of the decoded records that are the
+        labels instead (dense targets, say ``("targets", "masks")``): a
+        batch's ``"y"`` is then ``{field: stacked values}``, nested dicts
+        stacked leaf by leaf, and ``labels`` stays empty.
     """
 
     source: Any
     operations: tuple = ()
     labels: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    label_fields: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "operations", tuple(self.operations))
+        object.__setattr__(self, "label_fields", tuple(self.label_fields))
         labels = np.asarray(self.labels, np.float32)
         object.__setattr__(self, "labels", labels)
-        if len(labels) != len(self.source):
+        if self.label_fields:
+            if labels.size:
+                raise ValueError(
+                    "A stream split reads its labels either from labels or from "
+                    "the decoded records' label_fields, not both."
+                )
+        elif len(labels) != len(self.source):
             raise ValueError(
                 f"A stream split's labels have {len(labels)} rows but its source "
                 f"holds {len(self.source)} records; they must match."
@@ -68,26 +81,40 @@ class StreamSplit:
     def read(self, keys: Sequence[int]) -> dict:
         """Records ``keys`` decoded and stacked: ``{"x", "y", "index"}``.
 
-        A source with ``read_rows(keys)`` (stacked records at once) whose
-        operations are all elementwise (``elementwise = True``, such as
-        scaling pixels) is read in one vectorised call, with the same result.
+        With ``label_fields``, ``"y"`` stacks those fields of the decoded
+        records (see :class:`StreamSplit`). A source with ``read_rows(keys)``
+        (stacked records at once) whose operations are all elementwise
+        (``elementwise = True``, such as scaling pixels) and that has no
+        ``label_fields`` is read in one vectorised call, with the same result.
         """
         keys = np.asarray(keys, np.int64)
         read_rows = getattr(self.source, "read_rows", None)
         ops = self.operations
-        if read_rows is not None and all(getattr(o, "elementwise", 0) for o in ops):
+        fields = self.label_fields
+        if (
+            read_rows is not None
+            and all(getattr(o, "elementwise", 0) for o in ops)
+            and not fields
+        ):
             record = read_rows(keys)
             for op in ops:
                 record = op.map(record)
             x = np.asarray(record["x"], np.float32)
         else:
-            xs = []
+            xs, ys = [], []
             for k in keys:
                 record = self.source[int(k)]
                 for op in ops:
                     record = op.map(record) if hasattr(op, "map") else op(record)
                 xs.append(np.asarray(record["x"], np.float32))
+                if fields:
+                    ys.append({f: record[f] for f in fields})
             x = np.stack(xs) if xs else np.zeros((0,), np.float32)
+            if fields:
+                if not ys:
+                    raise ValueError("A stream batch with label_fields needs records.")
+                y = jax.tree.map(lambda *v: np.stack(v), *ys)
+                return {"x": x, "y": y, "index": keys}
         return {"x": x, "y": self.labels[keys], "index": keys}
 
     @property

@@ -328,3 +328,69 @@ def taskonomy_source(
     """
     index = index_taskonomy(root, buildings_of(split, buildings), tasks)
     return TaskonomySource(index), (DecodeTaskonomy(image_size),)
+
+
+class _Picked:
+    """The records ``picks`` of a source, renumbered ``0 .. len(picks) - 1``."""
+
+    def __init__(self, source, picks: np.ndarray):
+        self._source = source
+        self._picks = np.asarray(picks, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._picks)
+
+    def __getitem__(self, i: int) -> dict:
+        record = dict(self._source[int(self._picks[int(i)])])
+        record["index"] = np.int64(i)
+        return record
+
+    def __repr__(self) -> str:
+        return f"{self._source!r}[{len(self)} picked]"
+
+
+def evenly_spaced(n: int, limit: int | None) -> np.ndarray:
+    """``limit`` indices spread evenly over ``0 .. n - 1`` (all without one)."""
+    if limit and n > limit:
+        return np.linspace(0, n - 1, limit).round().astype(np.int64)
+    return np.arange(n, dtype=np.int64)
+
+
+def taskonomy_stream(
+    root: str | os.PathLike | None = None,
+    *,
+    buildings="tiny",
+    tasks: Sequence[str] = TASKONOMY_TASKS,
+    image_size: int | tuple[int, int] = 256,
+    max_per_split: int | None = None,
+) -> dict:
+    """Train, val and test splits that stream Taskonomy for :func:`fit_dense`.
+
+    Each split is a :class:`tgjax.data.stream.StreamSplit` of undecoded PNG
+    records whose decoding runs while training; a batch's ``"y"`` holds the
+    stacked ``"targets"`` and ``"masks"``. Only the file index is in memory.
+
+    Args:
+      root, buildings, tasks, image_size: as for :func:`taskonomy_source`.
+      max_per_split: keep at most this many records per split, evenly spaced
+        over the split (None or 0: all).
+
+    Returns:
+      ``{"train": split, "val": split, "test": split}``.
+
+    Example:
+      >>> splits = taskonomy_stream("/data/omnidata", image_size=64)  # doctest: +SKIP
+      >>> fit_dense(splits["train"], splits["val"], splits["test"])  # doctest: +SKIP
+    """
+    from tgjax.data.stream import StreamSplit
+
+    out = {}
+    for split in ("train", "val", "test"):
+        source, ops = taskonomy_source(
+            split, root, buildings=buildings, tasks=tasks, image_size=image_size
+        )
+        picks = evenly_spaced(len(source), max_per_split)
+        if len(picks) < len(source):
+            source = _Picked(source, picks)
+        out[split] = StreamSplit(source, ops, label_fields=("targets", "masks"))
+    return out
