@@ -34,6 +34,32 @@ class Split:
         return int(self.x.shape[0])
 
 
+def task_indices(names: list, known: list[str], data_name: str) -> list[int]:
+    """Column indices of ``names`` among ``known``; unknown or repeated raise.
+
+    Raises:
+      ValueError: naming the unknown tasks (with the closest known name) or
+        the repeated ones.
+    """
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        hints = [
+            f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "")
+            for n in unknown
+            for c in [difflib.get_close_matches(str(n), known, n=1)]
+        ]
+        raise ValueError(
+            f"Unknown task name(s) {', '.join(hints)} for data set "
+            f"{data_name!r}; known tasks: {known}."
+        )
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(
+            f"Task names repeat in {names} (repeated: {dupes}); name each task once."
+        )
+    return [known.index(n) for n in names]
+
+
 @dataclasses.dataclass(frozen=True)
 class MultiTaskData:
     """A multi-task data set with fixed train, validation and test splits.
@@ -89,24 +115,7 @@ class MultiTaskData:
     def select_tasks(self, names) -> MultiTaskData:
         """The same data restricted to the named tasks, in the given order."""
         names = list(names)
-        unknown = [n for n in names if n not in self.task_names]
-        if unknown:
-            hints = [
-                f"{n!r}" + (f" (did you mean {c[0]!r}?)" if c else "")
-                for n in unknown
-                for c in [difflib.get_close_matches(str(n), self.task_names, n=1)]
-            ]
-            raise ValueError(
-                f"Unknown task name(s) {', '.join(hints)} for data set "
-                f"{self.name!r}; known tasks: {self.task_names}."
-            )
-        if len(set(names)) != len(names):
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(
-                f"Task names repeat in {names} (repeated: {dupes}); name each task "
-                "once."
-            )
-        idx = [self.task_names.index(n) for n in names]
+        idx = task_indices(names, self.task_names, self.name)
 
         def pick(s: Split) -> Split:
             return Split(s.x, s.y[:, idx])

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from absl import flags
 
+from tgjax.data.base import task_indices
 from tgjax.tasks import Task, check_tasks
 
 # The epoch index of the fine-tuning orders starts here, far from the
@@ -164,13 +165,7 @@ class StreamData:
     def select_tasks(self, names) -> StreamData:
         """The same data restricted to the named tasks, in the given order."""
         names = list(names)
-        unknown = [n for n in names if n not in self.task_names]
-        if unknown or len(set(names)) != len(names):
-            raise ValueError(
-                f"Task names {names} must be distinct tasks of {self.name!r}; "
-                f"known tasks: {self.task_names}."
-            )
-        idx = [self.task_names.index(n) for n in names]
+        idx = task_indices(names, self.task_names, self.name)
 
         def pick(s: StreamSplit) -> StreamSplit:
             return dataclasses.replace(s, labels=s.labels[:, idx])
