@@ -1,45 +1,17 @@
 """Two processes on loopback stream a search, each reading only its shard."""
 
-import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import stream_multiprocess_worker as worker  # noqa: E402
-from test_multiprocess import _free_port  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from two_processes import run_two  # noqa: E402
 
 
 def test_two_processes_read_their_own_shards_and_cover_each_example_once(tmp_path):
-    out = tmp_path / "result.json"
-    port = _free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    script = str(pathlib.Path(worker.__file__))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, script, str(i), str(port), str(out)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=540)[0].decode()[-3000:])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
-    runs = [json.loads(pathlib.Path(f"{out}.{i}").read_text()) for i in range(2)]
+    runs = run_two(str(pathlib.Path(worker.__file__)), tmp_path / "result.json")
     n, half = worker.N, worker.N // 2
     # Each process read only its own half of the records.
     assert set(runs[0]["read"]) <= set(range(half))
