@@ -27,23 +27,15 @@ def check_compare_folder(out: str, overwrite: bool) -> bool:
         off, or holds anything that ``tgjax compare`` and ``tgjax report`` do
         not write (never deleted, not even with ``--overwrite``).
     """
-    if not os.path.exists(out):
-        return False
-    if not os.path.isdir(out):
-        raise ValueError(
-            f"--out {out} exists and is a file, not a folder; choose another --out."
-        )
-    names = sorted(os.listdir(out))
+    from tgjax.validate import output_folder_names
+
+    names = output_folder_names(
+        out,
+        lambda n: n in COMPARE_FILES | REPORT_FILES,
+        "'tgjax compare' does not write",
+    )
     if not names:
         return False
-    foreign = [n for n in names if n not in COMPARE_FILES | REPORT_FILES]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ValueError(
-            f"--out {out} holds files that 'tgjax compare' does not write "
-            f"({shown}); tgjax never deletes those, not even with --overwrite. "
-            "Choose a new or empty folder for --out."
-        )
     if not overwrite:
         raise ValueError(
             f"--out {out} already holds comparison outputs ({', '.join(names)}); "

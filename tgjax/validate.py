@@ -383,6 +383,36 @@ def check_arrays(x, y, tasks: Sequence[Task]) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.float32)
 
 
+def output_folder_names(out: str, is_ours, writer: str) -> list[str]:
+    """The names in an existing output folder ``out``; [] if absent or empty.
+
+    Args:
+      out: the --out folder.
+      is_ours: ``is_ours(name)`` is true for what the command writes there.
+      writer: the message's verb phrase ("no tgjax run writes").
+
+    Raises:
+      ValueError: when ``out`` is a file, or holds anything ``is_ours``
+        rejects (such files are never deleted, not even with --overwrite).
+    """
+    if not os.path.exists(out):
+        return []
+    if not os.path.isdir(out):
+        raise ValueError(
+            f"--out {out} exists and is a file, not a folder; choose another --out."
+        )
+    names = sorted(os.listdir(out))
+    foreign = [n for n in names if not is_ours(n)]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--out {out} holds files that {writer} ({shown}); tgjax "
+            "never deletes those, not even with --overwrite. Choose a new or "
+            "empty folder for --out."
+        )
+    return names
+
+
 def check_run_folder(out: str, overwrite: bool) -> bool:
     """Decides whether a run may write into the folder ``out``.
 
@@ -394,23 +424,11 @@ def check_run_folder(out: str, overwrite: bool) -> bool:
       ValueError: when ``out`` is a file, holds a run and ``overwrite`` is
         off, or holds files that no run writes (never deleted).
     """
-    if not os.path.exists(out):
-        return False
-    if not os.path.isdir(out):
-        raise ValueError(
-            f"--out {out} exists and is a file, not a folder; choose another --out."
-        )
-    names = sorted(os.listdir(out))
+    names = output_folder_names(
+        out, lambda n: n in RUN_FILES or n.startswith(".tmp"), "no tgjax run writes"
+    )
     if not names:
         return False
-    foreign = [n for n in names if n not in RUN_FILES and not n.startswith(".tmp")]
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ValueError(
-            f"--out {out} holds files that no tgjax run writes ({shown}); tgjax "
-            "never deletes those, not even with --overwrite. Choose a new or "
-            "empty folder for --out."
-        )
     if not overwrite:
         ckpts = os.path.join(out, "checkpoints")
         resumable = os.path.isdir(ckpts) and any(n.isdigit() for n in os.listdir(ckpts))
